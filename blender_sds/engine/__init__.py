@@ -1,0 +1,1 @@
+"""The torch half of blender-sds: job in, coloured mesh out. Never imports bpy."""

@@ -1,0 +1,27 @@
+"""The 2D judges, behind one interface (`ScoreDistillation`); kinds load lazily."""
+from __future__ import annotations
+
+import torch
+
+from .base import GuidanceOutput, ScoreDistillation
+
+
+def build_guidance(job: dict, device: torch.device) -> ScoreDistillation:
+    """The guidance a normalised job asks for, ready to judge renders on `device`."""
+    kind = job["guidance"]["kind"]
+    if kind == "stable-diffusion":
+        from .stable_diffusion import StableDiffusionGuidance
+        return StableDiffusionGuidance(job, device)
+    if kind == "pixel":
+        from .pixel import PixelGuidance
+        return PixelGuidance(job, device)
+    if kind == "reference":
+        from .reference import ReferenceGuidance
+        return ReferenceGuidance(job, device)
+    if kind == "pocket":
+        from ..pocket.teacher import PocketGuidance
+        return PocketGuidance(job, device)
+    raise ValueError(f"guidance.kind: unknown kind {kind!r}")
+
+
+__all__ = ["GuidanceOutput", "ScoreDistillation", "build_guidance"]
