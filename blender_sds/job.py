@@ -1,0 +1,521 @@
+"""The job file: the one contract between the Blender add-on and the engine (docs/JOB.md).
+
+Standard library only, because both halves import it: the add-on validates the job it
+is about to send, the engine validates the job it is about to run. Validation returns a
+*normalised* job (every key present, defaults filled in, paths absolute) so no other
+module ever guesses a default, and every bad input is a `JobError` whose message starts
+with the dotted key path, says what was wanted and shows what was found.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+
+SCHEMA_VERSION = 1
+KINDS = ("stable-diffusion", "pixel", "reference", "pocket")
+TEXT_KINDS = ("stable-diffusion", "pixel", "pocket")
+PRESETS: dict[str, dict] = {
+    "draft": {"steps": 1500, "render": {"resolution": 64, "batch": 1, "samples": 96}, "mesh_resolution": 128},
+    "standard": {"steps": 5000, "render": {"resolution": 64, "batch": 1, "samples": 128}, "mesh_resolution": 192},
+    "high": {"steps": 10000, "render": {"resolution": 128, "batch": 2, "samples": 192}, "mesh_resolution": 256},
+}
+DEFAULT_SCALE = {"stable-diffusion": 100.0, "pixel": 20.0, "reference": 1.0, "pocket": 10.0}
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+CAMERA_TYPES = ("PERSP", "ORTHO", "PANO")
+_UNSUPPORTED_CAMERAS = {"ORTHO": "orthographic", "PANO": "panoramic"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ROTATION_TOLERANCE = 1e-4
+_MISSING = object()
+
+_TOP_KEYS = ("version", "prompt", "negative_prompt", "seed", "preset", "steps", "bounds", "guidance",
+             "cameras", "render", "optim", "init", "mesh", "output")
+_GUIDANCE_KEYS = ("kind", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
+                  "view_dependent", "dtype", "low_vram", "views")
+_CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
+
+
+class JobError(ValueError):
+    """A bad job: `key` is the dotted path of the offending value, `problem` what was wrong."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# -- reading one value ------------------------------------------------------------------------
+
+def _describe(value) -> str:
+    """A value as the job's author wrote it (JSON spelling), short enough for one line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, numbers.Real):
+        text = repr(float(value)) if isinstance(value, float) else str(value)
+    else:
+        try:
+            text = json.dumps(value, default=repr)
+        except (TypeError, ValueError):
+            text = repr(value)
+        if isinstance(value, dict):
+            text = "an object " + text
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _join(key: str, name) -> str:
+    return f"{key}.{name}" if key else str(name)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _object(raw, key: str, allowed: tuple[str, ...]) -> dict:
+    if not isinstance(raw, dict):
+        raise JobError(key, f"must be an object, got {_describe(raw)}")
+    for name in raw:
+        if name not in allowed:
+            raise JobError(_join(key, name), f"unknown key; allowed keys: {', '.join(allowed)}")
+    return raw
+
+
+def _int(value, key: str, lo: int, hi: int | None = None) -> int:
+    span = f"{lo} .. {hi}" if hi is not None else f">= {lo}"
+    if not _is_int(value):
+        raise JobError(key, f"must be an int {span}, got {_describe(value)}")
+    if value < lo or (hi is not None and value > hi):
+        raise JobError(key, f"must be an int {span}, got {_describe(value)}")
+    return int(value)
+
+
+def _number(value, key: str, *, gt: float | None = None, ge: float | None = None,
+            le: float | None = None) -> float:
+    bounds = [f"> {gt:g}" if gt is not None else "", f">= {ge:g}" if ge is not None else "",
+              f"<= {le:g}" if le is not None else ""]
+    wanted = "a number " + " and ".join(b for b in bounds if b) if any(bounds) else "a finite number"
+    if not _is_number(value):
+        raise JobError(key, f"must be {wanted}, got {_describe(value)}")
+    if not _finite(value):
+        raise JobError(key, f"must be a finite number, got {_describe(value)}")
+    x = float(value)
+    if (gt is not None and not x > gt) or (ge is not None and not x >= ge) or (le is not None and not x <= le):
+        raise JobError(key, f"must be {wanted}, got {_describe(value)}")
+    return x
+
+
+def _str(value, key: str) -> str:
+    if not isinstance(value, str):
+        raise JobError(key, f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _bool(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise JobError(key, f"must be true or false, got {_describe(value)}")
+    return value
+
+
+def _choice(value, key: str, choices, what: str) -> str:
+    if not isinstance(value, str):
+        raise JobError(key, f"must be a string, one of {', '.join(choices)}; got {_describe(value)}")
+    if value not in choices:
+        raise JobError(key, f"unknown {what} {value!r}; {what}s: {', '.join(choices)}")
+    return value
+
+
+def _list(value, key: str, what: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise JobError(key, f"must be {what}, got {_describe(value)}")
+    return list(value)
+
+
+def _numbers(value, key: str, count: int) -> list[float]:
+    """A fixed-length list of finite numbers, as floats."""
+    wanted = f"a list of {count} finite numbers"
+    items = _list(value, key, wanted)
+    if len(items) != count or not all(_is_number(x) for x in items):
+        raise JobError(key, f"must be {wanted}, got {_describe(value)}")
+    if not all(_finite(x) for x in items):
+        raise JobError(key, f"must be {wanted} (no NaN or infinity), got {_describe(value)}")
+    return [float(x) for x in items]
+
+
+def _range(value, key: str, *, lo: float | None = None, hi: float | None = None,
+           positive: bool = False) -> list[float]:
+    """A [lo, hi] pair with lo <= hi, inside [lo, hi] limits when given."""
+    a, b = _numbers(value, key, 2)
+    if a > b:
+        raise JobError(key, f"must be [lo, hi] with lo <= hi, got {_describe(value)}")
+    if positive and a <= 0:
+        raise JobError(key, f"must be [lo, hi] with 0 < lo <= hi, got {_describe(value)}")
+    if (lo is not None and a < lo) or (hi is not None and b > hi):
+        raise JobError(key, f"must lie within {lo:g} .. {hi:g}, got {_describe(value)}")
+    return [a, b]
+
+
+def _resolve(path: str, base_dir) -> str:
+    """An absolute path: relative paths are read against the job file's folder (or cwd)."""
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(os.fspath(base_dir) if base_dir is not None else os.getcwd(), path)
+    return os.path.abspath(path)
+
+
+def _existing_file(value, key: str, base_dir) -> str:
+    text = _str(value, key)
+    if not text.strip():
+        raise JobError(key, "must be a file path, got an empty string")
+    path = _resolve(text, base_dir)
+    if not os.path.isfile(path):
+        problem = "is a folder, not a file" if os.path.isdir(path) else "no such file"
+        raise JobError(key, f"{problem}: {path!r} (from {text!r})")
+    return path
+
+
+# -- cameras ----------------------------------------------------------------------------------
+
+def _c2w(value, key: str) -> list[list[float]]:
+    wanted = "a 4x4 matrix (4 rows of 4 numbers)"
+    rows = _list(value, key, wanted)
+    if len(rows) != 4 or not all(isinstance(r, (list, tuple)) and len(r) == 4 for r in rows):
+        raise JobError(key, f"must be {wanted}, got {_describe(value)}")
+    for i, row in enumerate(rows):
+        for j, x in enumerate(row):
+            if not _is_number(x):
+                raise JobError(key, f"must be {wanted}; row {i}, column {j} is {_describe(x)}")
+            if not _finite(x):
+                raise JobError(key, f"must be finite; row {i}, column {j} is {_describe(x)}")
+    m = [[float(x) for x in row] for row in rows]
+    if any(abs(m[3][j] - (0.0, 0.0, 0.0, 1.0)[j]) > 1e-6 for j in range(4)):
+        raise JobError(key, f"last row must be [0, 0, 0, 1], got {_describe(rows[3])}")
+    cols = [[m[i][j] for i in range(3)] for j in range(3)]
+    norms = [math.sqrt(sum(c * c for c in col)) for col in cols]
+    if any(abs(n - 1.0) > _ROTATION_TOLERANCE for n in norms):
+        lengths = ", ".join(f"{n:.4g}" for n in norms)
+        raise JobError(key, f"rotation part is scaled (column lengths {lengths}); "
+                            "give matrix_world with the scale removed")
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        dot = sum(x * y for x, y in zip(cols[a], cols[b]))
+        if abs(dot) > _ROTATION_TOLERANCE:
+            raise JobError(key, f"rotation part is sheared (columns {a} and {b} have dot product {dot:.4g}, "
+                                "not 0)")
+    (a, b, c), (d, e, f), (g, h, k) = (m[0][:3], m[1][:3], m[2][:3])
+    det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
+    if det < 0:
+        raise JobError(key, f"rotation part is a reflection (determinant {det:.4g}, must be +1)")
+    return m
+
+
+def validate_camera(raw, key: str) -> dict:
+    """One camera record (docs/JOB.md "Camera record"), normalised: every key present."""
+    cam = _object(raw, key, _CAMERA_KEYS)
+    for name in ("c2w", "width", "height", "fx", "fy", "cx", "cy"):
+        if name not in cam:
+            raise JobError(_join(key, name), "missing (every camera record needs c2w, width, height, fx, fy, cx, cy)")
+    kind = cam.get("type", "PERSP")
+    kind = _choice(kind, _join(key, "type"), CAMERA_TYPES, "camera type")
+    if kind in _UNSUPPORTED_CAMERAS:
+        raise JobError(_join(key, "type"), f"{_UNSUPPORTED_CAMERAS[kind]} cameras are not supported yet "
+                                           f"(got {kind!r}); use a perspective camera")
+    name = cam.get("name")
+    if name is not None:
+        name = _str(name, _join(key, "name"))
+    return {
+        "c2w": _c2w(cam["c2w"], _join(key, "c2w")),
+        "width": _int(cam["width"], _join(key, "width"), 1, 8192),
+        "height": _int(cam["height"], _join(key, "height"), 1, 8192),
+        "fx": _number(cam["fx"], _join(key, "fx"), gt=0),
+        "fy": _number(cam["fy"], _join(key, "fy"), gt=0),
+        "cx": _number(cam["cx"], _join(key, "cx")),
+        "cy": _number(cam["cy"], _join(key, "cy")),
+        "type": kind,
+        "name": name,
+    }
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+def _bounds(raw) -> dict:
+    b = _object(raw, "bounds", ("center", "size"))
+    return {"center": _numbers(b.get("center", [0.0, 0.0, 0.0]), "bounds.center", 3),
+            "size": _number(b.get("size", 2.0), "bounds.size", gt=0)}
+
+
+def _model_source(value, key: str, base_dir, *, single_file: bool) -> tuple[str, bool]:
+    """A hub id, an existing folder (absolute), or when allowed an existing single file.
+
+    Returns (source, is_single_file). A local folder wins over a hub id of the same
+    spelling, as in diffusers.
+    """
+    text = _str(value, key)
+    if not text.strip():
+        raise JobError(key, "must not be empty")
+    path = _resolve(text, base_dir)
+    if text.lower().endswith(SINGLE_FILE_SUFFIXES):
+        if not single_file:
+            raise JobError(key, f"must be a hub id (org/name) or a diffusers folder here, "
+                                f"not a single-file checkpoint; got {text!r}")
+        if not os.path.isfile(path):
+            raise JobError(key, f"no such file: {path!r} (from {text!r})")
+        return path, True
+    if os.path.isdir(path):
+        return path, False
+    if _HUB_ID.match(text):
+        return text, False
+    files = f", nor a {'/'.join(SINGLE_FILE_SUFFIXES)} file" if single_file else ""
+    raise JobError(key, f"{text!r} is neither a hub id (org/name) nor an existing diffusers folder "
+                        f"({path}){files}")
+
+
+def _grad_clip(value, key: str):
+    if value is None:
+        return None
+    if _is_number(value):
+        return _number(value, key, gt=0)
+    wanted = "null, a number > 0, or [start_step, start_value, end_value, end_step]"
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise JobError(key, f"must be {wanted}, got {_describe(value)}")
+    s0, v0, v1, s1 = value
+    if not (_is_int(s0) and _is_int(s1) and 0 <= s0 < s1):
+        raise JobError(key, f"start_step and end_step must be ints with 0 <= start_step < end_step, "
+                            f"got {_describe(value)}")
+    if not all(_is_number(v) and _finite(v) and v > 0 for v in (v0, v1)):
+        raise JobError(key, f"start_value and end_value must be finite numbers > 0, got {_describe(value)}")
+    return [int(s0), float(v0), float(v1), int(s1)]
+
+
+def _views(value, key: str, base_dir) -> list[dict]:
+    items = _list(value, key, "a list of {\"image\": path, \"camera\": camera record}")
+    out = []
+    for i, raw in enumerate(items):
+        vkey = f"{key}[{i}]"
+        view = _object(raw, vkey, ("image", "camera"))
+        for name in ("image", "camera"):
+            if name not in view:
+                raise JobError(_join(vkey, name), "missing (every view needs an image and a camera)")
+        out.append({"image": _existing_file(view["image"], _join(vkey, "image"), base_dir),
+                    "camera": validate_camera(view["camera"], _join(vkey, "camera"))})
+    return out
+
+
+def _guidance(raw, base_dir) -> dict:
+    g = _object(raw, "guidance", _GUIDANCE_KEYS)
+    if "kind" not in g:
+        raise JobError("guidance.kind", f"missing; kinds: {', '.join(KINDS)}")
+    kind = _choice(g["kind"], "guidance.kind", KINDS, "kind")
+
+    model, single_file = g.get("model"), False
+    if kind == "reference" and model is not None:
+        raise JobError("guidance.model", f"not used by guidance kind 'reference' (its views are the data), "
+                                         f"got {_describe(model)}")
+    if model is None and kind in ("stable-diffusion", "pixel"):
+        raise JobError("guidance.model", f"required for guidance kind {kind!r}: a hub id (org/name), "
+                                         "a diffusers folder or a single-file checkpoint; missing")
+    if model is not None:
+        model, single_file = _model_source(model, "guidance.model", base_dir, single_file=kind != "pixel")
+    config = g.get("config")
+    if config is not None:
+        if not single_file:
+            raise JobError("guidance.config", f"only used with a single-file checkpoint model "
+                                              f"(guidance.model is {_describe(g.get('model'))}), "
+                                              f"got {_describe(config)}")
+        config, _ = _model_source(config, "guidance.config", base_dir, single_file=False)
+
+    lo, hi = _numbers(g.get("t_range", [0.02, 0.98]), "guidance.t_range", 2)
+    if not 0 < lo < hi < 1:
+        raise JobError("guidance.t_range", f"must be [lo, hi] with 0 < lo < hi < 1, got {_describe(g['t_range'])}")
+
+    views = g.get("views")
+    if kind == "reference":
+        if not views:
+            raise JobError("guidance.views", "required for guidance kind 'reference': a non-empty list of "
+                                             f"{{\"image\": path, \"camera\": camera record}}, got {_describe(views)}")
+        views = _views(views, "guidance.views", base_dir)
+    else:
+        if views is not None and views != []:
+            raise JobError("guidance.views", f"only for guidance kind 'reference', not {kind!r}; "
+                                             f"got {_describe(views)}")
+        views = []
+
+    return {
+        "kind": kind,
+        "model": model,
+        "config": config,
+        "scale": _number(g.get("scale", DEFAULT_SCALE[kind]), "guidance.scale", gt=0),
+        "t_range": [lo, hi],
+        "t_schedule": _choice(g.get("t_schedule", "random"), "guidance.t_schedule", ("random", "anneal"),
+                              "t_schedule"),
+        "weighting": _choice(g.get("weighting", "sds"), "guidance.weighting", ("sds", "uniform", "fantasia3d"),
+                             "weighting"),
+        "grad_clip": _grad_clip(g.get("grad_clip"), "guidance.grad_clip"),
+        "view_dependent": _bool(g.get("view_dependent", kind in TEXT_KINDS), "guidance.view_dependent"),
+        "dtype": _choice(g.get("dtype", "auto"), "guidance.dtype", ("auto", "float16", "float32"), "dtype"),
+        "low_vram": _bool(g.get("low_vram", False), "guidance.low_vram"),
+        "views": views,
+    }
+
+
+def _cameras(raw, kind: str) -> dict:
+    c = _object(raw, "cameras", ("mode", "rig", "elevation", "azimuth", "distance", "fovy", "jitter",
+                                 "rig_fraction"))
+    mode = _choice(c.get("mode", "orbit"), "cameras.mode", ("orbit", "rig", "mixed"), "mode")
+    rig_raw = _list(c.get("rig", []), "cameras.rig", "a list of camera records")
+    rig = [validate_camera(cam, f"cameras.rig[{i}]") for i, cam in enumerate(rig_raw)]
+    if mode in ("rig", "mixed") and not rig and kind != "reference":
+        raise JobError("cameras.rig", f"must list at least one camera when cameras.mode is {mode!r}, got []")
+    jitter = _object(c.get("jitter", {}), "cameras.jitter", ("position", "rotation"))
+    return {
+        "mode": mode,
+        "rig": rig,
+        "elevation": _range(c.get("elevation", [-10.0, 45.0]), "cameras.elevation", lo=-90, hi=90),
+        "azimuth": _range(c.get("azimuth", [-180.0, 180.0]), "cameras.azimuth", lo=-360, hi=360),
+        "distance": _range(c.get("distance", [1.5, 2.0]), "cameras.distance", positive=True),
+        "fovy": _range(c.get("fovy", [40.0, 70.0]), "cameras.fovy", lo=1, hi=170),
+        "jitter": {"position": _number(jitter.get("position", 0.02), "cameras.jitter.position", ge=0),
+                   "rotation": _number(jitter.get("rotation", 1.0), "cameras.jitter.rotation", ge=0)},
+        "rig_fraction": _number(c.get("rig_fraction", 0.5), "cameras.rig_fraction", ge=0, le=1),
+    }
+
+
+def _render(raw, preset: dict) -> dict:
+    r = _object(raw, "render", ("resolution", "batch", "samples"))
+    d = preset["render"]
+    return {"resolution": _int(r.get("resolution", d["resolution"]), "render.resolution", 8, 1024),
+            "batch": _int(r.get("batch", d["batch"]), "render.batch", 1, 64),
+            "samples": _int(r.get("samples", d["samples"]), "render.samples", 8, 2048)}
+
+
+def _optim(raw, kind: str, steps: int) -> dict:
+    o = _object(raw, "optim", ("lr", "orientation", "sparsity", "opaque", "albedo_steps"))
+    text = kind != "reference"
+    albedo = _int(o.get("albedo_steps", int(0.2 * steps)), "optim.albedo_steps", 0)
+    if albedo > steps:
+        raise JobError("optim.albedo_steps", f"must be at most steps ({steps}), got {albedo}")
+    return {"lr": _number(o.get("lr", 0.01), "optim.lr", gt=0),
+            "orientation": _number(o.get("orientation", 10.0 if text else 0.0), "optim.orientation", ge=0),
+            "sparsity": _number(o.get("sparsity", 1.0 if text else 0.0), "optim.sparsity", ge=0),
+            "opaque": _number(o.get("opaque", 0.0), "optim.opaque", ge=0),
+            "albedo_steps": albedo}
+
+
+def _init(raw, base_dir) -> dict:
+    i = _object(raw, "init", ("checkpoint", "resume"))
+    checkpoint = i.get("checkpoint")
+    if checkpoint is not None:
+        checkpoint = _existing_file(checkpoint, "init.checkpoint", base_dir)
+    resume = _bool(i.get("resume", False), "init.resume")
+    if resume and checkpoint is None:
+        raise JobError("init.resume", "true needs init.checkpoint (the run to continue), which is null")
+    return {"checkpoint": checkpoint, "resume": resume}
+
+
+def _mesh(raw, preset: dict) -> dict:
+    m = _object(raw, "mesh", ("resolution", "threshold", "min_component"))
+    threshold = m.get("threshold", "auto")
+    if threshold != "auto":
+        if isinstance(threshold, str) or not _is_number(threshold):
+            raise JobError("mesh.threshold", f"must be \"auto\" or a number > 0, got {_describe(threshold)}")
+        threshold = _number(threshold, "mesh.threshold", gt=0)
+    return {"resolution": _int(m.get("resolution", preset["mesh_resolution"]), "mesh.resolution", 16, 1024),
+            "threshold": threshold,
+            "min_component": _number(m.get("min_component", 0.05), "mesh.min_component", ge=0, le=1)}
+
+
+def _output(raw) -> dict:
+    o = _object(raw, "output", ("preview_every", "checkpoint_every", "progress_every"))
+    return {"preview_every": _int(o.get("preview_every", 250), "output.preview_every", 0),
+            "checkpoint_every": _int(o.get("checkpoint_every", 1000), "output.checkpoint_every", 0),
+            "progress_every": _int(o.get("progress_every", 10), "output.progress_every", 1)}
+
+
+# -- the whole job ----------------------------------------------------------------------------
+
+def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
+    """Check a raw job and return its normalised form (a new dict; `raw` is not changed).
+
+    Relative paths are read against `base_dir` (the job file's folder; cwd when None).
+    Validating a normalised job again gives the same job.
+    """
+    if not isinstance(raw, dict):
+        raise JobError("job", f"must be a JSON object, got {_describe(raw)}")
+    if "version" not in raw:
+        raise JobError("version", f"missing; this engine reads version {SCHEMA_VERSION}")
+    version = raw["version"]
+    if not _is_int(version):
+        raise JobError("version", f"must be the int {SCHEMA_VERSION}, got {_describe(version)}")
+    if version != SCHEMA_VERSION:
+        raise JobError("version", f"unsupported job version {version}; this engine reads version {SCHEMA_VERSION}")
+    _object(raw, "", _TOP_KEYS)
+    if "guidance" not in raw:
+        raise JobError("guidance", f"missing; it names the 2D judge, e.g. {{\"kind\": \"stable-diffusion\", "
+                                   f"\"model\": \"org/name\"}}")
+    guidance = _guidance(raw["guidance"], base_dir)
+    kind = guidance["kind"]
+
+    prompt = _str(raw.get("prompt", ""), "prompt")
+    if kind in TEXT_KINDS and not prompt.strip():
+        raise JobError("prompt", f"must not be empty for guidance kind {kind!r}, got {prompt!r}")
+    preset_name = _choice(raw.get("preset", "standard"), "preset", tuple(PRESETS), "preset")
+    preset = PRESETS[preset_name]
+    steps = _int(raw.get("steps", preset["steps"]), "steps", 1, 100000)
+
+    return {
+        "version": SCHEMA_VERSION,
+        "prompt": prompt,
+        "negative_prompt": _str(raw.get("negative_prompt", ""), "negative_prompt"),
+        "seed": _int(raw.get("seed", 0), "seed", 0, 2**32 - 1),
+        "preset": preset_name,
+        "steps": steps,
+        "bounds": _bounds(raw.get("bounds", {})),
+        "guidance": guidance,
+        "cameras": _cameras(raw.get("cameras", {}), kind),
+        "render": _render(raw.get("render", {}), preset),
+        "optim": _optim(raw.get("optim", {}), kind, steps),
+        "init": _init(raw.get("init", {}), base_dir),
+        "mesh": _mesh(raw.get("mesh", {}), preset),
+        "output": _output(raw.get("output", {})),
+    }
+
+
+def load_job(path) -> dict:
+    """Read, parse and validate a job file; its relative paths are read against its folder."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise JobError(path, "no such job file") from None
+    except IsADirectoryError:
+        raise JobError(path, "is a folder, not a job file") from None
+    except UnicodeDecodeError as e:
+        raise JobError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise JobError(path, f"cannot read the job file: {e.strerror or e}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JobError(path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    return validate_job(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def dumps(job: dict) -> str:
+    """Canonical JSON of a normalised job: sorted keys, indent 2, strict JSON (no NaN)."""
+    return json.dumps(job, sort_keys=True, indent=2, allow_nan=False)
