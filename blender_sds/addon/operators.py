@@ -1,0 +1,210 @@
+"""The operators: sds.generate, sds.refine, sds.cancel, sds.export_job, sds.import_result,
+sds.setup_worker.
+
+Each has a synchronous `execute()` (scripts and background Blender: it returns when the
+result is in the scene) and an `invoke()` that starts the same work and returns at once,
+leaving a timer to follow it (runner.py). Anything the artist can fix is an ArtistError:
+reported as it is, {'CANCELLED'} returned, and nothing in the file changed.
+"""
+
+import json
+import os
+
+import bpy
+from bpy.props import EnumProperty, IntProperty, StringProperty
+
+from . import importer, job_builder, preferences, runner, worker_env
+from .errors import ArtistError
+
+
+class _Reporting:
+    """execute()/invoke() bodies raise ArtistError; this turns it into a report."""
+
+    def _guarded(self, work):
+        try:
+            return work()
+        except ArtistError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+
+
+class SDS_OT_generate(_Reporting, bpy.types.Operator):
+    """Make a mesh from the prompt (in the background when pressed; blocking from scripts)"""
+    bl_idname = "sds.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def _start(self, context):
+        job = job_builder.generate_job(context, preferences.get(context))
+        name = job["prompt"].strip()[:48] or "SDS Result"
+        return runner.start(context, job, os.getcwd(), name=name)
+
+    def execute(self, context):
+        def work():
+            ob = runner.run_blocking(context, self._start(context))
+            self.report({"INFO"}, f"SDS: added '{ob.name}'")
+            return {"FINISHED"}
+        return self._guarded(work)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+
+        def work():
+            runner.follow(self._start(context))
+            return {"FINISHED"}
+        return self._guarded(work)
+
+
+REFINE_SOURCES = [("SCENE", "Scene Cameras", "Learn from the scene's cameras"),
+                  ("SELECTED", "Selected Cameras", "Learn from the selected cameras"),
+                  ("MIXED", "Mixed", "Scene cameras and random orbits")]
+
+
+class SDS_OT_refine(_Reporting, bpy.types.Operator):
+    """Continue the active generated object's run from its checkpoint, seen from your cameras; the result is a new object"""
+    bl_idname = "sds.refine"
+    bl_label = "Refine"
+    bl_options = {"REGISTER", "UNDO"}
+
+    camera_source: EnumProperty(name="Cameras", items=REFINE_SOURCES, default="SCENE")
+    steps: IntProperty(name="Steps", min=0, max=100000, default=0,
+                       description="Optimisation steps (0: as many as the original run)")
+
+    def _start(self, context):
+        ob = context.view_layer.objects.active
+        if ob is None:
+            raise ArtistError("Nothing to refine: make a generated object active (click it), then press Refine")
+        job, checkpoint = job_builder.refine_job(context, ob, self.camera_source, self.steps)
+        return runner.start(context, job, os.path.dirname(checkpoint), name=f"{ob.name} refined",
+                            matrix_world=ob.matrix_world.copy())
+
+    def execute(self, context):
+        def work():
+            ob = runner.run_blocking(context, self._start(context))
+            self.report({"INFO"}, f"SDS: added '{ob.name}'")
+            return {"FINISHED"}
+        return self._guarded(work)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+
+        def work():
+            runner.follow(self._start(context))
+            return {"FINISHED"}
+        return self._guarded(work)
+
+
+class SDS_OT_cancel(bpy.types.Operator):
+    """Stop the running job (its last checkpoint is kept; no mesh is added)"""
+    bl_idname = "sds.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        if not runner.cancel():
+            self.report({"WARNING"}, "SDS: nothing is running")
+            return {"CANCELLED"}
+        context.scene.sds.status = "Cancelling"
+        return {"FINISHED"}
+
+
+class SDS_OT_export_job(_Reporting, bpy.types.Operator):
+    """Write the job Generate would send to a JSON file, to run elsewhere with the engine's command line"""
+    bl_idname = "sds.export_job"
+    bl_label = "Export Job"
+
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
+
+    def execute(self, context):
+        def work():
+            if not self.filepath:
+                raise ArtistError("Export Job needs a file path (filepath=...)")
+            path = os.path.abspath(bpy.path.abspath(self.filepath))
+            if os.path.isdir(path):
+                raise ArtistError(f"{path} is a folder: give a file name such as job.json")
+            job = job_builder.generate_job(context, preferences.get(context))
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as fh:
+                    json.dump(job, fh, indent=2)
+                    fh.write("\n")
+            except OSError as exc:
+                raise ArtistError(f"Cannot write {path}: {exc.strerror or exc}") from None
+            self.report({"INFO"}, f"SDS: wrote {path}; run it with 'python -m blender_sds.engine run "
+                                  f"{os.path.basename(path)} --out RESULT' and bring RESULT back with Import Result")
+            return {"FINISHED"}
+        return self._guarded(work)
+
+    def invoke(self, context, event):
+        if not self.filepath:
+            blend = bpy.data.filepath
+            self.filepath = os.path.join(os.path.dirname(blend), "sds_job.json") if blend else "sds_job.json"
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+class SDS_OT_import_result(_Reporting, bpy.types.Operator):
+    """Bring a finished result folder (mesh.npz, job.json, checkpoint.pt) into the scene as a new object"""
+    bl_idname = "sds.import_result"
+    bl_label = "Import Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    directory: StringProperty(subtype="DIR_PATH")
+
+    def execute(self, context):
+        def work():
+            if not self.directory:
+                raise ArtistError("Import Result needs a folder (directory=...)")
+            ob = importer.import_result(context.scene, context.view_layer, self.directory)
+            self.report({"INFO"}, f"SDS: added '{ob.name}'")
+            return {"FINISHED"}
+        return self._guarded(work)
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+class SDS_OT_setup_worker(_Reporting, bpy.types.Operator):
+    """Make a Python environment with torch and diffusers in the add-on's user folder, for the worker"""
+    bl_idname = "sds.setup_worker"
+    bl_label = "Set Up Worker Environment"
+
+    def execute(self, context):
+        def work():
+            setup = worker_env.begin_setup()
+            setup.wait()
+            if setup.state != "done":
+                raise ArtistError(setup.message)
+            preferences.get(context).worker_mode = "MANAGED"
+            self.report({"INFO"}, setup.message)
+            return {"FINISHED"}
+        return self._guarded(work)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+
+        def work():
+            worker_env.begin_setup()
+            bpy.app.timers.register(_follow_setup, first_interval=1.0)
+            return {"FINISHED"}
+        return self._guarded(work)
+
+
+def _follow_setup():
+    setup = worker_env.current()
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            area.tag_redraw()
+    if setup is None or setup.state == "running":
+        return 1.0
+    if setup.state == "done":
+        preferences.get().worker_mode = "MANAGED"
+    return None
+
+
+CLASSES = (SDS_OT_generate, SDS_OT_refine, SDS_OT_cancel, SDS_OT_export_job, SDS_OT_import_result,
+           SDS_OT_setup_worker)

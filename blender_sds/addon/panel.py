@@ -1,0 +1,97 @@
+"""The sidebar panel (3D View > N > SDS): settings, Generate/Refine/Cancel, progress, preview."""
+from __future__ import annotations
+
+import bpy
+
+from . import runner
+
+
+def _time(seconds: float) -> str:
+    if seconds < 0:
+        return ""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
+
+
+def _lines(text: str, width: int = 40) -> list[str]:
+    out, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return out + [line] if line else out
+
+
+class SDS_PT_main(bpy.types.Panel):
+    bl_label = "Text to Mesh"
+    bl_idname = "SDS_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "SDS"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.sds
+        layout.prop(s, "prompt", text="")
+        layout.prop(s, "negative_prompt", text="Avoid")
+        row = layout.row(align=True)
+        row.prop(s, "preset", text="")
+        row.prop(s, "seed")
+        layout.prop(s, "steps")
+        layout.prop(s, "camera_source")
+        box = layout.box()
+        box.prop(s, "bounds_object")
+        if s.bounds_object is None:
+            box.prop(s, "bounds_size", text="Size at 3D Cursor")
+
+        run = runner.active()
+        if run is not None:
+            layout.operator("sds.cancel", icon="CANCEL")
+        else:
+            row = layout.row(align=True)
+            row.scale_y = 1.4
+            row.operator("sds.generate", icon="PLAY")
+            sub = row.row(align=True)
+            active = context.view_layer.objects.active
+            sub.enabled = active is not None and "sds_checkpoint" in active
+            sub.operator("sds.refine", icon="FILE_REFRESH")
+
+        if run is not None or s.status:
+            text = s.status
+            if s.steps_total:
+                text = f"Step {s.step}/{s.steps_total}"
+                if s.seconds_left >= 0 and run is not None:
+                    text += f" · {_time(s.seconds_left)} left"
+            layout.progress(factor=s.progress, type="BAR", text=text)
+            if run is not None:
+                layout.label(text=s.status, icon="TIME")
+        if s.last_error and run is None:
+            col = layout.column(align=True)
+            col.alert = True
+            for i, line in enumerate(_lines(s.last_error)):
+                col.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+        if s.preview_image is not None:
+            s.preview_image.preview_ensure()
+            layout.template_icon(icon_value=s.preview_image.preview.icon_id, scale=8.0)
+
+
+class SDS_PT_advanced(bpy.types.Panel):
+    bl_label = "Advanced"
+    bl_parent_id = "SDS_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "SDS"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(context.scene.sds, "job_overrides", text="Overrides")
+        row = layout.row(align=True)
+        row.operator("sds.export_job", icon="EXPORT")
+        row.operator("sds.import_result", icon="IMPORT")
+
+
+CLASSES = (SDS_PT_main, SDS_PT_advanced)

@@ -1,0 +1,109 @@
+"""Add-on preferences: how to reach a worker, which model, which device, where to cache.
+
+Scripts reach them as `bpy.context.preferences.addons[<package>].preferences` with the
+names below (`worker_python`, `model`, `device`, ...); `get()` finds the package name,
+which depends on the repository the extension was installed into.
+"""
+
+import os
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+
+from . import paths, worker_env
+from .errors import ArtistError
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+PREFS_PATH = "Edit > Preferences > Add-ons > SDS Text to Mesh"
+
+
+class SDS_AddonPreferences(bpy.types.AddonPreferences):
+    bl_idname = paths.ADDON_ID
+
+    worker_mode: EnumProperty(
+        name="Worker",
+        items=[("PYTHON", "Python Interpreter", "Run the engine with a Python that has torch and diffusers"),
+               ("MANAGED", "Managed Environment", "Run the engine in an environment this add-on sets up"),
+               ("REMOTE", "Remote Worker", "Connect to a worker on another machine (not supported yet)")],
+        default="PYTHON")
+    worker_python: StringProperty(
+        name="Worker Python", subtype="FILE_PATH",
+        description="A Python interpreter with torch and diffusers installed (e.g. a venv's bin/python)")
+    remote_address: StringProperty(name="Address", description="host:port of a remote worker")
+    remote_token: StringProperty(name="Token", subtype="PASSWORD",
+                                 description="The secret the remote worker was started with")
+    model: StringProperty(
+        name="Model", default=DEFAULT_MODEL,
+        description="A Hugging Face hub id (org/name), a local diffusers folder, or a single-file checkpoint")
+    device: EnumProperty(
+        name="Device",
+        items=[("AUTO", "Auto", "CUDA if present, then Apple MPS, then the CPU"),
+               ("CUDA", "CUDA", "An NVIDIA GPU"), ("MPS", "Apple MPS", "An Apple Silicon GPU"),
+               ("CPU", "CPU", "The processor (very slow)")],
+        default="AUTO")
+    low_vram: BoolProperty(name="Low VRAM", default=False,
+                           description="Keep the diffusion model in system memory and move parts to the GPU "
+                                       "as needed: slower, but fits smaller GPUs")
+    cache_folder: StringProperty(
+        name="Cache Folder", subtype="DIR_PATH",
+        description="Where model weights and run results are kept (empty: the extension's user folder)")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(self, "worker_mode")
+        box = layout.box()
+        if self.worker_mode == "PYTHON":
+            box.prop(self, "worker_python")
+            if self.worker_python and not os.path.isfile(bpy.path.abspath(self.worker_python)):
+                box.label(text="No file at this path", icon="ERROR")
+        elif self.worker_mode == "MANAGED":
+            python = worker_env.env_python()
+            ready = os.path.isfile(python)
+            box.label(text=python if ready else "Not set up yet", icon="CHECKMARK" if ready else "INFO")
+            setup = worker_env.current()
+            if setup is not None:
+                box.label(text=setup.message, icon="ERROR" if setup.state == "failed" else "TIME")
+            box.operator("sds.setup_worker", text="Reinstall Worker Environment" if ready
+                         else "Set Up Worker Environment", icon="IMPORT")
+        else:
+            box.prop(self, "remote_address")
+            box.prop(self, "remote_token")
+            box.label(text="Remote workers are not supported yet", icon="ERROR")
+        layout.prop(self, "model")
+        row = layout.row()
+        row.prop(self, "device")
+        row.prop(self, "low_vram")
+        layout.prop(self, "cache_folder")
+        layout.label(text=f"Cache: {paths.cache_dir(self)}", icon="FILE_FOLDER")
+
+
+def get(context=None):
+    context = context or bpy.context
+    return context.preferences.addons[paths.ADDON_ID].preferences
+
+
+def device_name(prefs) -> str | None:
+    return None if prefs.device == "AUTO" else prefs.device.lower()
+
+
+def worker_python(prefs) -> str:
+    """The interpreter that runs the worker, or ArtistError saying how to provide one."""
+    if prefs.worker_mode == "REMOTE":
+        raise ArtistError("Remote workers are not supported yet: in " + PREFS_PATH + " set Worker to "
+                          "Python Interpreter or Managed Environment")
+    if prefs.worker_mode == "MANAGED":
+        path = worker_env.env_python()
+        if not os.path.isfile(path):
+            raise ArtistError("The managed worker environment is not set up: press Set Up Worker Environment in "
+                              + PREFS_PATH)
+        return path
+    if not prefs.worker_python.strip():
+        raise ArtistError("No Worker Python is set: in " + PREFS_PATH + " set Worker Python to a Python that has "
+                          "torch and diffusers, or choose Managed Environment and press Set Up")
+    path = bpy.path.abspath(prefs.worker_python.strip())
+    if not os.path.isfile(path):
+        raise ArtistError(f"Worker Python not found: {path!r} does not exist. In " + PREFS_PATH + " set Worker "
+                          "Python to an existing Python interpreter that has torch and diffusers")
+    if not os.access(path, os.X_OK):
+        raise ArtistError(f"Worker Python {path!r} is not executable: point it at a Python interpreter")
+    return path

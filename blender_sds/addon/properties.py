@@ -1,0 +1,58 @@
+"""`scene.sds`: the settings a run is made from, and the progress the UI shows.
+
+The settings' names are the scripting API (DESIGN.md): prompt, negative_prompt, preset,
+seed, camera_source, bounds_object, bounds_size. `steps` and `job_overrides` are for
+quick tests and tech artists: `job_overrides` is a JSON object merged into the job last
+(e.g. '{"render": {"resolution": 32}, "mesh": {"resolution": 48}}'), with docs/JOB.md's
+key names. The progress fields are written only by the add-on, on the main thread.
+"""
+
+import bpy
+from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
+
+from . import runner
+
+PRESETS = [("DRAFT", "Draft", "Fewest steps: a quick look"),
+           ("STANDARD", "Standard", "The usual balance of time and quality"),
+           ("HIGH", "High", "More steps and a finer render and mesh")]
+CAMERA_SOURCES = [("ORBIT", "Orbit", "Random cameras orbiting the bounds"),
+                  ("SCENE", "Scene Cameras", "The scene's cameras, slightly jittered"),
+                  ("SELECTED", "Selected Cameras", "The selected cameras, slightly jittered"),
+                  ("MIXED", "Mixed", "Half orbit, half the scene's cameras")]
+
+
+class SDS_SceneSettings(bpy.types.PropertyGroup):
+    prompt: StringProperty(name="Prompt", description="What to make, e.g. 'a ceramic teapot'")
+    negative_prompt: StringProperty(name="Negative Prompt", description="What to steer away from")
+    preset: EnumProperty(name="Preset", items=PRESETS, default="STANDARD")
+    seed: IntProperty(name="Seed", min=0, default=0, description="Same seed, same job, same result on the CPU")
+    steps: IntProperty(name="Steps", min=0, max=100000, default=0,
+                       description="Optimisation steps (0: the preset's number)")
+    camera_source: EnumProperty(name="Cameras", items=CAMERA_SOURCES, default="ORBIT",
+                                description="Where the training cameras come from")
+    bounds_object: PointerProperty(name="Bounds Object", type=bpy.types.Object,
+                                   description="The asset lives in this object's bounding box (empty: a cube of "
+                                               "Bounds Size at the 3D cursor)")
+    bounds_size: FloatProperty(name="Bounds Size", min=0.001, default=2.0, subtype="DISTANCE", unit="LENGTH",
+                               description="Edge of the cube at the 3D cursor that the asset lives in")
+    job_overrides: StringProperty(name="Job Overrides",
+                                  description="Advanced: a JSON object merged into the job (docs/JOB.md names)")
+
+    # progress (written by the add-on)
+    status: StringProperty(name="Status", default="")
+    progress: FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR")
+    step: IntProperty(name="Step")
+    steps_total: IntProperty(name="Total Steps")
+    seconds_left: FloatProperty(name="Seconds Left", default=-1.0)
+    last_error: StringProperty(name="Last Error", default="")
+    preview_image: PointerProperty(name="Preview", type=bpy.types.Image)
+    is_running: BoolProperty(name="Running", get=lambda _self: runner.active() is not None)
+
+
+def register():
+    bpy.types.Scene.sds = PointerProperty(type=SDS_SceneSettings)
+
+
+def unregister():
+    del bpy.types.Scene.sds

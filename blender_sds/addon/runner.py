@@ -1,0 +1,225 @@
+"""Start a run, follow it on the main thread, and bring its result into the scene.
+
+Two ways to follow a run, one code path: `execute()` blocks in `Run.wait()` (scripts,
+background Blender, where timers never fire); `invoke()` registers `_tick` with
+bpy.app.timers, which pumps the same Run a few times a second while Blender stays
+responsive. Only one run at a time; it is killed on unregister and when another file is
+loaded (`stop_all`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import bpy
+
+from . import importer, paths, preferences
+from .errors import ArtistError
+from .session import Run
+from .worker_client import WorkerClient, WorkerStartError
+
+PREVIEW_IMAGE = "SDS Preview"
+TICK_SECONDS = 0.2
+
+_active: Run | None = None
+
+
+def active() -> Run | None:
+    return _active if _active is not None and not _active.finished else None
+
+
+def worker_environment(prefs) -> dict:
+    """The worker's environment: our package on its path, caches in our folder, no Blender leftovers."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__")}
+    cache = paths.cache_dir(prefs)
+    env["PYTHONPATH"] = paths.worker_pythonpath()
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(cache, "pycache")  # never write into the add-on folder
+    if prefs.cache_folder or "HF_HOME" not in env:
+        env["HF_HOME"] = os.path.join(cache, "huggingface")
+    if not bpy.app.online_access:
+        env["HF_HUB_OFFLINE"] = "1"  # Blender's online access is off: the worker must not download
+    return env
+
+
+def new_run_dir(prefs, label: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")[:32].lower() or "run"
+    base = os.path.join(paths.runs_dir(prefs), time.strftime("%Y%m%d-%H%M%S-") + slug)
+    folder, n = base, 1
+    while os.path.exists(folder):
+        n += 1
+        folder = f"{base}-{n}"
+    os.makedirs(folder)
+    return folder
+
+
+def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) -> Run:
+    """Start a worker on `job`; the result will become an object called `name`."""
+    global _active
+    if active() is not None:
+        raise ArtistError("A run is already going: wait for it to finish or press Cancel")
+    prefs = preferences.get(context)
+    python = preferences.worker_python(prefs)
+    if os.path.basename(paths.PACKAGE_DIR) != paths.PACKAGE_NAME:
+        raise ArtistError(f"The add-on folder is named '{os.path.basename(paths.PACKAGE_DIR)}', the worker needs "
+                          f"'{paths.PACKAGE_NAME}': reinstall the add-on from its zip")
+    out_dir = new_run_dir(prefs, job.get("prompt", "") or name)
+    client = WorkerClient([python, "-u", "-m", f"{paths.PACKAGE_NAME}.engine", "worker"],
+                          worker_environment(prefs), out_dir, os.path.join(out_dir, "worker.log"))
+    meta = {"scene": context.scene.name, "view_layer": context.view_layer.name, "name": name,
+            "matrix_world": [list(row) for row in matrix_world] if matrix_world is not None else None}
+    run = Run(client, job, base_dir, out_dir, preferences.device_name(prefs), meta)
+    try:
+        run.start()
+    except WorkerStartError as exc:
+        raise ArtistError(f"The worker could not be started ({exc}): check Worker Python in "
+                          + preferences.PREFS_PATH) from None
+    _active = run
+    s = context.scene.sds
+    s.status, s.last_error, s.progress, s.step, s.steps_total, s.seconds_left = "Starting worker", "", 0.0, 0, 0, -1.0
+    return run
+
+
+def sync_scene(run: Run, scene) -> None:
+    """Copy the run's state into scene.sds (main thread only), and show a new preview."""
+    s = scene.sds
+    s.status = run.message if run.state in ("failed", "cancelled") else run.stage.capitalize()
+    s.step, s.steps_total = run.step, run.steps
+    s.progress = min(1.0, run.fraction)
+    s.seconds_left = -1.0 if run.seconds_left is None else float(run.seconds_left)
+    if run.preview_path and run.preview_serial != run.shown_preview:
+        run.shown_preview = run.preview_serial
+        show_preview(scene, run.preview_path)
+
+
+def show_preview(scene, path: str) -> None:
+    if not os.path.isfile(path):
+        return
+    img = bpy.data.images.get(PREVIEW_IMAGE)
+    if img is None:
+        img = bpy.data.images.load(path)
+        img.name = PREVIEW_IMAGE
+    elif bpy.path.abspath(img.filepath) != path:
+        img.filepath = path
+    img.reload()
+    if img.preview is not None:
+        img.preview.reload()
+    scene.sds.preview_image = img
+
+
+def finish(run: Run, scene, view_layer):
+    """The imported object of a finished run, or ArtistError with the run's message."""
+    global _active
+    if _active is run:
+        _active = None
+    sync_scene(run, scene)
+    if run.state != "done":
+        scene.sds.last_error = run.message
+        raise ArtistError(run.message)
+    matrix = run.meta.get("matrix_world")
+    try:
+        ob = importer.import_result(scene, view_layer, run.result_dir, name=run.meta.get("name"),
+                                    matrix_world=matrix)
+    except ArtistError as exc:
+        scene.sds.last_error = str(exc)
+        raise
+    scene.sds.status = f"Done: {ob.name}"
+    return ob
+
+
+def run_blocking(context, run: Run):
+    """execute(): wait for the run here, then import. Returns the new object."""
+    scene = context.scene
+    try:
+        run.wait(on_change=lambda r: sync_scene(r, scene))
+    except BaseException:
+        run.kill("Interrupted")
+        stop_all("Interrupted")
+        raise
+    return finish(run, scene, context.view_layer)
+
+
+# -- asynchronous: a timer on the main thread ------------------------------------------------
+
+def follow(run: Run) -> None:
+    if not bpy.app.timers.is_registered(_tick):
+        bpy.app.timers.register(_tick, first_interval=TICK_SECONDS)
+
+
+def _tick():
+    run = _active
+    if run is None:
+        return None
+    run.pump()
+    scene = bpy.data.scenes.get(run.meta["scene"])
+    if scene is None:
+        run.kill("The scene was removed")
+        stop_all("")
+        return None
+    sync_scene(run, scene)
+    _redraw()
+    if not run.finished:
+        return TICK_SECONDS
+    view_layer = scene.view_layers.get(run.meta["view_layer"]) or scene.view_layers[0]
+    try:
+        ob = finish(run, scene, view_layer)
+    except ArtistError as exc:
+        if run.state != "cancelled":
+            _popup(str(exc))
+        return None
+    try:
+        bpy.ops.ed.undo_push(message=f"SDS: add {ob.name}")
+    except RuntimeError:
+        pass  # no undo stack (background)
+    return None
+
+
+def _redraw() -> None:
+    wm = bpy.context.window_manager
+    for window in getattr(wm, "windows", []):
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES"):
+                area.tag_redraw()
+
+
+def _popup(message: str) -> None:
+    print(f"SDS: {message}")
+
+    def draw(menu, _context):
+        for line in _wrap(message, 90):
+            menu.layout.label(text=line)
+    try:
+        bpy.context.window_manager.popup_menu(draw, title="SDS", icon="ERROR")
+    except (RuntimeError, AttributeError):
+        pass
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines
+
+
+def cancel() -> bool:
+    run = active()
+    if run is None:
+        return False
+    run.cancel()
+    return True
+
+
+def stop_all(reason: str = "Stopped") -> None:
+    """Kill the worker now and forget the run (unregister, another file loaded)."""
+    global _active
+    run, _active = _active, None
+    if run is not None:
+        run.kill(reason)
+    if bpy.app.timers.is_registered(_tick):
+        bpy.app.timers.unregister(_tick)
