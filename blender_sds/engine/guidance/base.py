@@ -113,3 +113,11 @@ class ScoreDistillation:
         loss = 0.5 * F.mse_loss(z.float(), target.float(), reduction="sum") / z.shape[0]
         figures = {"grad_norm": grad.float().norm().detach(), "t": t.float().mean()}
         return GuidanceOutput(loss=loss, figures=figures)
+
+
+def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085,
+                                 beta_end: float = 0.012) -> torch.Tensor:
+    """Stable Diffusion's noise schedule, for the closed-form teachers: their t, w(t) and
+    t_range then mean what they mean for SD."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, dim=0).float()

@@ -1,0 +1,140 @@
+"""Command line: `python -m blender_sds.engine run JOB.json --out DIR`, `worker`, `bench NAME`.
+
+Bad input (the job, its files, the model source) exits with code 2 and one line on
+stderr that names the key or file; `--debug` shows the traceback too. A cancelled run
+(Ctrl-C) exits 130 with its last checkpoint kept.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+
+
+class ProgressBar:
+    """tqdm on a terminal; the events themselves, as JSON lines, when piped."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = None
+
+    def __call__(self, event: dict) -> None:
+        if self.mode == "json":
+            print(json.dumps(event), flush=True)
+        elif self.mode == "bar":
+            self._bar(event)
+
+    def _bar(self, event: dict) -> None:
+        from tqdm import tqdm
+        kind = event.get("type")
+        if kind == "start":
+            self.bar = tqdm(total=event["steps"], initial=event["start_step"], unit="step", dynamic_ncols=True)
+        elif kind == "progress" and self.bar is not None:
+            self.bar.update(event["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{event['loss']:.4g}")
+        elif kind == "stage" and event["name"] != "optimising":
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            print(f"{event['name']}...", file=sys.stderr, flush=True)
+        elif kind == "done":
+            print(f"done: {event['vertices']} vertices, {event['faces']} faces in {event['seconds']} s "
+                  f"-> {event['out']}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def bad_input(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_run(args) -> int:
+    from ..job import JobError, load_job
+    try:
+        job = load_job(args.job)
+        if args.steps is not None:
+            from ..job import validate_job
+            raw = dict(job)
+            raw["steps"] = args.steps
+            job = validate_job(raw)
+    except JobError as exc:
+        return bad_input(str(exc))
+    from .guidance.model_source import ModelSourceError
+    from .isosurface import MeshError
+    from .run import JobCancelled, run_job
+    mode = args.progress or ("bar" if sys.stderr.isatty() else "json")
+    progress = ProgressBar(mode)
+    try:
+        run_job(job, args.out, on_event=progress, device=args.device)
+    except KeyboardInterrupt:
+        print("cancelled; the last checkpoint is kept", file=sys.stderr)
+        return EXIT_CANCELLED
+    except JobCancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (ModelSourceError, MeshError, ValueError, FileNotFoundError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        return bad_input(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    finally:
+        progress.close()
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from .worker import main
+    return main() or 0
+
+
+def cmd_bench(args, rest: list[str]) -> int:
+    try:
+        module = importlib.import_module(f"blender_sds.engine.bench_{args.name}")
+    except ModuleNotFoundError:
+        return bad_input(f"bench: unknown benchmark {args.name!r}")
+    return module.main(rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blender_sds.engine",
+                                     description="blender-sds engine: job file in, coloured mesh out.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one job file into a result folder")
+    run.add_argument("job", help="the job file (JSON, see docs/JOB.md)")
+    run.add_argument("--out", required=True, help="result folder (created)")
+    run.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    run.add_argument("--steps", type=int, default=None, help="override the job's step count")
+    run.add_argument("--progress", choices=("bar", "json", "none"), default=None,
+                     help="bar on a terminal, JSON lines when piped (default)")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub.add_parser("worker", help="speak the add-on protocol over stdin/stdout")
+    bench = sub.add_parser("bench", help="print figures: bench quality|speed|mesh [--json]")
+    bench.add_argument("name")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return cmd_bench(args, rest)
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_worker(args)
+    except Exception:
+        if args.debug:
+            raise
+        exc = sys.exc_info()[1]
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
