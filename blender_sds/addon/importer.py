@@ -14,6 +14,7 @@ import os
 
 import bpy
 import numpy as np
+from mathutils import Matrix
 
 from .errors import ArtistError
 
@@ -98,7 +99,7 @@ def import_result(scene, view_layer, directory: str, name: str | None = None, ma
     me.materials.append(build_material(f"SDS {name}", colors.mean(axis=0)))
     ob = bpy.data.objects.new(name, me)
     if matrix_world is not None:
-        ob.matrix_world = matrix_world
+        ob.matrix_world = Matrix(matrix_world)  # from rows (a plain nested list would be read as columns)
     ob["sds_result"] = directory
     if job_text:
         ob["sds_job"] = job_text
