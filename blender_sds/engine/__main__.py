@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import traceback
+
+# Libraries' own chatter (e.g. transformers' torchvision notice) would break the promise
+# of one line on stderr for bad input; warnings that matter reach the user as errors.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
