@@ -1,0 +1,169 @@
+"""The pocket world: six shapes x six colours, their prompts, their renders and their 3D truth.
+
+The world is fixed, like a pretrained model: every object is centred on the bounds centre
+in one canonical pose (axes along the world axes, flat bases down) and fits the middle 60%
+of the bounds box (unit coordinates within [-0.3, 0.3]^3, see `shapes.py`). Its images are
+made by an analytic renderer (exact ray/primitive hits) that shares no code with the
+engine's volume renderer, so the engine is measured against something it cannot fake.
+
+Shading follows the engine's lit modes in form (not code): sRGB albedo times
+`AMBIENT + DIFFUSE * max(0, n . l)` under a point light placed near the camera with
+noise; a quarter of the teacher's views are flat albedo, because the engine renders flat
+albedo for its first steps and a quarter of the time after. Renders are premultiplied
+RGB + alpha, so any solid background can be composited later.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from ..colour import srgb_to_linear
+from .cameras import Orbit, pixel_rays
+from .shapes import SHAPES, Shape
+
+# sRGB albedo, saturated enough to tell apart and dark enough that light never clips them.
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.10),
+    "green": (0.15, 0.70, 0.20),
+    "blue": (0.12, 0.25, 0.85),
+    "yellow": (0.90, 0.80, 0.15),
+    "white": (0.90, 0.90, 0.90),
+    "purple": (0.55, 0.20, 0.75),
+}
+SHAPE_NAMES: tuple[str, ...] = tuple(SHAPES)
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+AMBIENT = 0.1
+DIFFUSE = 0.9
+LIGHT_NOISE = 0.5  # std of the light direction's jitter around the camera direction
+LIGHT_DISTANCE = (0.8, 1.5)  # light distance, in units of the camera's distance
+DEFAULT_BOUNDS = {"center": (0.0, 0.0, 0.0), "size": 2.0}
+SHADINGS = ("lambertian", "albedo", "textureless")
+BOUNDING_RADIUS = 0.3 * 3**0.5 + 1e-6  # every shape lies within [-0.3, 0.3]^3
+
+_ARTICLES = ("a", "an", "the", "one")
+
+
+def prompt_for(colour: str, shape: str) -> str:
+    return f"a {colour} {shape}"
+
+
+PROMPTS: tuple[str, ...] = tuple(prompt_for(c, s) for s in SHAPE_NAMES for c in COLOUR_NAMES)
+
+
+def parse_prompt(prompt: str) -> tuple[str, str]:
+    """'a red cube' -> ('red', 'cube'); case, spacing, an article and a final full stop are free.
+
+    Anything else raises ValueError that names the prompt and lists the world's words,
+    because the pocket world knows nothing outside them.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt: the pocket world needs a text prompt, got {prompt!r}")
+    words = re.sub(r"[.!]+$", "", prompt.strip().lower()).split()
+    if words and words[0] in _ARTICLES:
+        words = words[1:]
+    if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
+        return words[0], words[1]
+    raise ValueError(
+        f"prompt: {prompt!r} is not in the pocket world; it knows \"a <colour> <shape>\" with colour one of "
+        f"{', '.join(COLOUR_NAMES)} and shape one of {', '.join(SHAPE_NAMES)} (e.g. \"a red cube\")")
+
+
+def shape_of(prompt: str) -> Shape:
+    return SHAPES[parse_prompt(prompt)[1]]
+
+
+def albedo_srgb(prompt: str) -> np.ndarray:
+    return np.array(COLOURS[parse_prompt(prompt)[0]], dtype=np.float64)
+
+
+def truth_colour(prompt: str) -> np.ndarray:
+    """The object's albedo in linear RGB (3,), as mesh vertex colours store it."""
+    return np.asarray(srgb_to_linear(albedo_srgb(prompt)), dtype=np.float64)
+
+
+def to_world(points_unit, bounds: dict | None = None) -> np.ndarray:
+    bounds = bounds or DEFAULT_BOUNDS
+    return np.asarray(bounds["center"], dtype=np.float64) + float(bounds["size"]) * np.asarray(points_unit)
+
+
+def to_unit(points_world, bounds: dict | None = None) -> np.ndarray:
+    bounds = bounds or DEFAULT_BOUNDS
+    return (np.asarray(points_world, dtype=np.float64) - np.asarray(bounds["center"], dtype=np.float64)) / float(
+        bounds["size"])
+
+
+def truth_points(prompt: str, n: int, bounds: dict | None = None, seed: int = 0) -> np.ndarray:
+    """n points (n,3) uniformly on the true surface by area, in world units of `bounds`."""
+    g = torch.Generator().manual_seed(int(seed))
+    return to_world(shape_of(prompt).sample(int(n), g).numpy(), bounds)
+
+
+def random_lights(orbit: Orbit, seed: int) -> torch.Tensor:
+    """Point lights (N,3) near each camera: direction jittered by LIGHT_NOISE, distance scaled."""
+    g = torch.Generator().manual_seed(int(seed))
+    eye = orbit.positions()
+    dist = eye.norm(dim=-1, keepdim=True)
+    direction = eye / dist + LIGHT_NOISE * torch.randn(eye.shape, generator=g, dtype=torch.float64)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    lo, hi = LIGHT_DISTANCE
+    scale = lo + (hi - lo) * torch.rand(dist.shape, generator=g, dtype=torch.float64)
+    return direction * dist * scale
+
+
+def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambertian", lights=None,
+           supersample: int = 2, chunk: int = 64, ambient: float = AMBIENT, diffuse: float = DIFFUSE) -> torch.Tensor:
+    """Premultiplied RGBA renders (N,4,size,size) float32 of one object in unit coordinates.
+
+    `albedo` is sRGB (3,); `shading` is one name of SHADINGS or a list of one per view;
+    `lights` (N,3) point-light positions (unit coordinates) for lit views. Each pixel
+    averages supersample^2 rays, so edges are soft like a volume render's.
+    """
+    if isinstance(shape, str):
+        shape = SHAPES[shape]
+    n = len(orbit)
+    modes = [shading] * n if isinstance(shading, str) else list(shading)
+    if len(modes) != n or any(m not in SHADINGS for m in modes):
+        raise ValueError(f"shading: one of {SHADINGS} per view, got {shading!r}")
+    if lights is None and any(m != "albedo" for m in modes):
+        raise ValueError("lights: lit shading needs a light position per view")
+    albedo = torch.as_tensor(np.asarray(albedo, dtype=np.float32))
+    lit_code = torch.tensor([SHADINGS.index(m) for m in modes])
+    out = torch.empty(n, 4, size, size, dtype=torch.float32)
+    s = size * supersample
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        idx = torch.arange(start, stop)
+        pixel, o, d = pixel_rays(orbit.subset(idx), size, supersample, radius=BOUNDING_RADIUS)
+        view = idx[pixel // (s * s)]
+        o, d = o.float(), d.float()
+        t, normal = shape.intersect(o, d)
+        hit = torch.isfinite(t)
+        p = o + torch.where(hit, t, torch.zeros_like(t))[:, None] * d
+        code = lit_code[view][:, None]
+        if lights is not None:
+            to_light = lights.float()[view] - p
+            to_light = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            lit = ambient + diffuse * (normal * to_light).sum(-1, keepdim=True).clamp_min(0)
+        else:
+            lit = torch.ones_like(t)[:, None]
+        colour = torch.where(code == SHADINGS.index("textureless"), torch.ones_like(albedo), albedo)
+        rgb = torch.where(code == SHADINGS.index("albedo"), albedo.expand_as(p), lit * colour)
+        rgba = torch.zeros((stop - start) * s * s, 4)
+        rgba[pixel] = torch.cat((rgb * hit[:, None], hit[:, None].to(rgb)), -1)
+        rgba = rgba.view(stop - start, size, supersample, size, supersample, 4).mean(dim=(2, 4))
+        out[start:stop] = rgba.permute(0, 3, 1, 2)
+    return out
+
+
+def render_prompt(prompt: str, orbit: Orbit, size: int, shading="lambertian", lights=None,
+                  supersample: int = 2) -> torch.Tensor:
+    colour, shape = parse_prompt(prompt)
+    return render(shape, COLOURS[colour], orbit, size, shading, lights, supersample)
+
+
+def composite(rgba: torch.Tensor, background) -> torch.Tensor:
+    """Premultiplied (N,4,H,W) over a solid sRGB background (3,) or (N,3) -> (N,3,H,W)."""
+    bg = torch.as_tensor(background, dtype=rgba.dtype).reshape(-1, 3, 1, 1)
+    return rgba[:, :3] + (1 - rgba[:, 3:4]) * bg
