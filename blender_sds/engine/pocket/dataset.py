@@ -1,0 +1,99 @@
+"""The pocket teacher's data: seeded renders of the world, made on demand and kept in memory.
+
+Nothing is stored on disk: the same (prompt, size, count, seed) always renders the same
+views, so a data set is a pure function of its key and a process-wide cache is safe. Each
+view keeps its azimuth and elevation (view-dependent prompting picks data by direction)
+and the sums the teacher's distance expansion needs, computed once here.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..guidance.prompts import direction_index
+from . import world
+from .cameras import random_orbits
+
+ALBEDO_FRACTION = 0.25  # share of flat-albedo views (the engine renders albedo this often)
+COND_VIEWS = 384  # views of the prompt's object
+WORLD_VIEWS_PER_OBJECT = 48  # views of every object, for the unconditional set
+REFERENCE_SIZE = 64  # the sizes above are for this resolution; larger images get fewer views
+
+
+@dataclass
+class ViewSet:
+    """N premultiplied renders, flattened for the teacher's matrix products."""
+
+    colour: torch.Tensor  # (N, 3*D) premultiplied sRGB, channel-major per image
+    alpha: torch.Tensor  # (N, D)
+    azimuth: torch.Tensor  # (N,) degrees
+    elevation: torch.Tensor  # (N,) degrees
+    direction: torch.Tensor  # (N,) long, index into guidance.prompts.DIRECTIONS
+    size: int
+    colour_sq: torch.Tensor  # (N,) |P_i|^2
+    colour_alpha: torch.Tensor  # (N,3) P_ic . A_i per channel
+    alpha_sq: torch.Tensor  # (N,) |A_i|^2
+
+    def __len__(self) -> int:
+        return int(self.colour.shape[0])
+
+    @staticmethod
+    def from_rgba(rgba: torch.Tensor, azimuth: torch.Tensor, elevation: torch.Tensor) -> "ViewSet":
+        n, _, h, w = rgba.shape
+        colour = rgba[:, :3].reshape(n, 3 * h * w).float().contiguous()
+        alpha = rgba[:, 3].reshape(n, h * w).float().contiguous()
+        per_channel = colour.view(n, 3, h * w)
+        return ViewSet(colour=colour, alpha=alpha, azimuth=azimuth.float(), elevation=elevation.float(),
+                       direction=direction_index(azimuth.float(), elevation.float()), size=h,
+                       colour_sq=(colour.double() ** 2).sum(-1).float(),
+                       colour_alpha=(per_channel.double() * alpha.double()[:, None]).sum(-1).float(),
+                       alpha_sq=(alpha.double() ** 2).sum(-1).float())
+
+    def to(self, device) -> "ViewSet":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return ViewSet(**moved)
+
+    @staticmethod
+    def concat(sets: list["ViewSet"]) -> "ViewSet":
+        return ViewSet(**{k: (torch.cat([getattr(s, k) for s in sets]) if k != "size" else sets[0].size)
+                          for k in sets[0].__dict__})
+
+
+def _seed(*parts) -> int:
+    """A stable seed from names and numbers (Python's hash() changes between runs)."""
+    return zlib.crc32("/".join(str(p) for p in parts).encode())
+
+
+def scaled_count(count: int, size: int, floor: int) -> int:
+    """Fewer views for larger images, so memory and per-step cost stay near the 64 px figures."""
+    if size <= REFERENCE_SIZE:
+        return count
+    return max(floor, round(count * (REFERENCE_SIZE / size) ** 2))
+
+
+@lru_cache(maxsize=8)
+def object_views(prompt: str, size: int, count: int = COND_VIEWS, seed: int = 0, supersample: int = 2) -> ViewSet:
+    """`count` views of one prompt's object from random orbit cameras (engine default ranges), cached."""
+    return render_views(prompt, size, count, seed, supersample)
+
+
+def render_views(prompt: str, size: int, count: int, seed: int = 0, supersample: int = 2) -> ViewSet:
+    colour, shape = world.parse_prompt(prompt)
+    key = (colour, shape, size, count, seed)
+    orbit = random_orbits(count, _seed("cameras", *key))
+    lights = world.random_lights(orbit, _seed("lights", *key))
+    g = torch.Generator().manual_seed(_seed("shading", *key))
+    flat = torch.rand(count, generator=g) < ALBEDO_FRACTION
+    shading = ["albedo" if f else "lambertian" for f in flat.tolist()]
+    rgba = world.render(shape, world.COLOURS[colour], orbit, size, shading, lights, supersample)
+    return ViewSet.from_rgba(rgba, orbit.azimuth, orbit.elevation)
+
+
+@lru_cache(maxsize=2)
+def world_views(size: int, per_object: int = WORLD_VIEWS_PER_OBJECT, seed: int = 0, supersample: int = 2) -> ViewSet:
+    """`per_object` views of every object of the world: the unconditional data."""
+    return ViewSet.concat([render_views(p, size, per_object, _seed("world", seed), supersample)
+                           for p in world.PROMPTS])

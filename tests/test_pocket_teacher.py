@@ -1,0 +1,193 @@
+"""The pocket teacher against its definition: the posterior mean of a finite data set."""
+import pytest
+import torch
+
+from blender_sds.engine.guidance import build_guidance
+from blender_sds.engine.guidance.prompts import direction_index
+from blender_sds.engine.pocket import dataset, world
+from blender_sds.engine.pocket.teacher import PocketGuidance, epsilon, posterior_mean, scaled_linear_alphas_cumprod
+from blender_sds.engine.views import ViewBatch
+from blender_sds.job import validate_job
+
+SIZE = 12
+
+
+def tiny_job(**extra):
+    raw = {"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket"}, "render": {"resolution": SIZE}}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return validate_job(raw)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return PocketGuidance(tiny_job(), "cpu", cond_views=24, world_views=2)
+
+
+def views_for(azimuth, elevation, background=None):
+    b = len(azimuth)
+    return ViewBatch(c2w=torch.eye(4).repeat(b, 1, 1), fx=torch.ones(b), fy=torch.ones(b), cx=torch.ones(b),
+                     cy=torch.ones(b), width=SIZE, height=SIZE, azimuth=torch.tensor(azimuth, dtype=torch.float32),
+                     elevation=torch.tensor(elevation, dtype=torch.float32), background=background)
+
+
+def composites(data: dataset.ViewSet, background: torch.Tensor) -> torch.Tensor:
+    """Every data image over one background, in [-1,1], float64: the x_i of the definition."""
+    n = len(data)
+    rgba = torch.cat((data.colour.view(n, 3, SIZE, SIZE), data.alpha.view(n, 1, SIZE, SIZE)), 1).double()
+    return 2 * world.composite(rgba, background.double()) - 1
+
+
+def brute_force_eps(z_t, alpha_bar, data, background, keep=None):
+    """eps_hat by the book, one image at a time in float64."""
+    x = composites(data, background)
+    keep = range(len(data)) if keep is None else [i for i in range(len(data)) if keep[i]]
+    logits = torch.stack([-((z_t - alpha_bar.sqrt() * x[i]) ** 2).sum() / (2 * (1 - alpha_bar)) for i in keep])
+    weights = torch.softmax(logits, 0)
+    x0 = sum(w * x[i] for w, i in zip(weights, keep))
+    return (z_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
+def test_schedule_is_diffusers_scaled_linear():
+    from diffusers import DDPMScheduler
+    reference = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              num_train_timesteps=1000).alphas_cumprod
+    assert torch.allclose(scaled_linear_alphas_cumprod(), reference, rtol=1e-6, atol=1e-7)
+
+
+def test_noise_prediction_equals_the_brute_force_posterior_mean(teacher):
+    g = torch.Generator().manual_seed(0)
+    background = torch.tensor([[0.2, 0.6, 0.9], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    views = views_for([10.0, 170.0, -90.0], [20.0, 5.0, 30.0], background)
+    t = torch.tensor([40, 400, 900])
+    a = teacher.alphas_cumprod[t].double()
+    clean = composites(teacher.cond, background[0])[5]  # near the data, so the softmax is not flat
+    z = torch.randn(3, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    z[0] = a[0].sqrt() * clean + (1 - a[0]).sqrt() * z[0]
+    eps_cond, eps_uncond = teacher.predict_noise(z, t, views)
+    mask = teacher.cond_mask(views)
+    for b in range(3):
+        want_c = brute_force_eps(z[b], a[b], teacher.cond, background[b], mask[b])
+        want_u = brute_force_eps(z[b], a[b], teacher.uncond, background[b])
+        assert torch.allclose(eps_cond[b], want_c, atol=1e-6), b
+        assert torch.allclose(eps_uncond[b], want_u, atol=1e-6), b
+
+
+def test_float32_runs_agree_with_float64(teacher):
+    g = torch.Generator().manual_seed(1)
+    views = views_for([30.0, -120.0], [10.0, 40.0], torch.rand(2, 3, generator=g))
+    z = torch.randn(2, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    t = torch.tensor([300, 700])
+    c64, u64 = teacher.predict_noise(z, t, views)
+    c32, u32 = teacher.predict_noise(z.float(), t, views)
+    assert c32.dtype == torch.float32
+    assert torch.allclose(c32.double(), c64, atol=1e-3) and torch.allclose(u32.double(), u64, atol=1e-3)
+
+
+def test_at_tiny_t_it_returns_the_nearest_data_image(teacher):
+    background = torch.tensor([0.3, 0.3, 0.8])
+    x = composites(teacher.uncond, background)
+    g = torch.Generator().manual_seed(2)
+    a = scaled_linear_alphas_cumprod()[1].double()
+    for j in (0, 17, len(x) - 1):
+        noisy = a.sqrt() * x[j] + (1 - a).sqrt() * torch.randn(x[j].shape, generator=g, dtype=torch.float64)
+        x0 = posterior_mean(noisy[None], a[None], teacher.uncond, background[None].double())[0]
+        nearest = int(((x - noisy[None] / a.sqrt()) ** 2).flatten(1).sum(1).argmin())
+        assert torch.allclose(x0, x[nearest], atol=1e-6)
+        eps = epsilon(noisy[None], x0[None], a[None])[0]
+        assert torch.allclose(noisy, a.sqrt() * x[nearest] + (1 - a).sqrt() * eps, atol=1e-9)
+
+
+def test_at_large_t_it_tends_to_the_data_mean(teacher):
+    background = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    x = composites(teacher.uncond, background[0])
+    mean = x.mean(0)
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    gaps = []
+    for a in (1e-2, 1e-4, 1e-8):
+        x0 = posterior_mean(z, torch.tensor([a], dtype=torch.float64), teacher.uncond, background)[0]
+        gaps.append(float((x0 - mean).abs().max()))
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-3
+
+
+def test_view_dependent_data_follow_the_judged_cameras_direction(teacher):
+    views = views_for([0.0, 180.0, 90.0, 0.0], [10.0, 10.0, 10.0, 80.0])
+    mask = teacher.cond_mask(views)
+    data_direction = teacher.cond.direction
+    assert torch.equal(data_direction, direction_index(teacher.cond.azimuth, teacher.cond.elevation))
+    for b, bucket in enumerate((1, 2, 0)):  # front, back, side
+        assert mask[b].any() and torch.equal(mask[b], data_direction == bucket)
+    assert mask[3].all()  # no overhead data in the default elevation range: every view may answer
+    flat = PocketGuidance(tiny_job(guidance={"view_dependent": False}), "cpu", cond_views=24, world_views=2)
+    assert flat.cond_mask(views) is None
+
+
+def test_conditional_pulls_towards_the_prompt_unconditional_towards_the_world(teacher):
+    # From pure noise at mid t, the red cube's data make a redder estimate than the whole world's.
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([600])
+    views = views_for([0.0], [10.0], torch.ones(1, 3))
+    eps_c, eps_u = teacher.predict_noise(z, t, views)
+    a = teacher.alphas_cumprod[t]
+    x0_c = (z - (1 - a).sqrt() * eps_c) / a.sqrt()
+    x0_u = (z - (1 - a).sqrt() * eps_u) / a.sqrt()
+    redness = lambda x0: float((x0[:, 0] - x0[:, 1]).mean())  # noqa: E731
+    assert redness(x0_c) > redness(x0_u) + 0.01
+
+
+def test_background_defaults_to_white(teacher):
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([500])
+    none = teacher.predict_noise(z, t, views_for([0.0], [0.0]))
+    white = teacher.predict_noise(z, t, views_for([0.0], [0.0], torch.ones(1, 3)))
+    assert torch.equal(none[0], white[0]) and torch.equal(none[1], white[1])
+
+
+def test_encode_resizes_to_the_teachers_resolution_and_maps_to_minus_one_one(teacher):
+    images = torch.rand(2, 3, 2 * SIZE, 2 * SIZE, requires_grad=True)
+    z = teacher.encode(images)
+    assert z.shape == (2, 3, SIZE, SIZE) and z.min() >= -1 and z.max() <= 1
+    z.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    same = torch.rand(1, 3, SIZE, SIZE)
+    assert torch.equal(teacher.encode(same), same * 2 - 1)
+    assert teacher.needs_solid_background
+
+
+def test_negative_prompt_replaces_the_unconditional_data():
+    job = tiny_job(negative_prompt="a blue sphere")
+    g = PocketGuidance(job, "cpu", cond_views=24, world_views=2)
+    assert len(g.uncond) == 24
+    expected = dataset.object_views("a blue sphere", SIZE, 24, 1)
+    assert torch.equal(g.uncond.colour, expected.colour)
+    blue = g.uncond.colour.view(24, 3, -1).sum(-1)
+    assert (blue[:, 2] > blue[:, 0]).all()
+    with pytest.raises(ValueError, match=r"^negative_prompt: 'blurry' is not in the pocket world"):
+        PocketGuidance(tiny_job(negative_prompt="blurry"), "cpu", cond_views=24, world_views=2)
+
+
+def test_prompt_outside_the_world_is_refused_with_the_vocabulary():
+    with pytest.raises(ValueError, match=r"prompt: 'a ceramic teapot' is not in the pocket world.*cube"):
+        PocketGuidance(tiny_job(prompt="a ceramic teapot"), "cpu", cond_views=4, world_views=1)
+
+
+def test_data_are_deterministic_and_cached():
+    a = dataset.render_views("a green torus", SIZE, 8, seed=7)
+    b = dataset.render_views("a green torus", SIZE, 8, seed=7)
+    c = dataset.render_views("a green torus", SIZE, 8, seed=8)
+    assert torch.equal(a.colour, b.colour) and torch.equal(a.azimuth, b.azimuth)
+    assert not torch.equal(a.azimuth, c.azimuth)
+    assert dataset.object_views("a green torus", SIZE, 8, 7) is dataset.object_views("a green torus", SIZE, 8, 7)
+
+
+def test_full_sds_call_through_the_factory():
+    job = tiny_job(guidance={"scale": 10})
+    guidance = build_guidance(job, torch.device("cpu"))
+    assert isinstance(guidance, PocketGuidance) and guidance.scale == 10
+    images = torch.rand(2, 3, SIZE, SIZE, requires_grad=True)
+    out = guidance(images, views_for([0.0, 90.0], [10.0, 10.0], torch.rand(2, 3)), step=3, total_steps=100)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and images.grad.abs().sum() > 0
