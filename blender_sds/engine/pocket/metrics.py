@@ -1,0 +1,188 @@
+"""The yardstick: how close a result mesh is to the pocket world's truth.
+
+- Chamfer: symmetric mean nearest-neighbour distance between area-uniform samples of the
+  result's surface and of the true surface, as a fraction of the bounds size.
+- Colour error: mean absolute difference, per channel, between the result's vertex colours
+  (interpolated at its surface samples) and the true albedo, both linear RGB.
+- R-precision, as DreamFusion measures it but with exact renders instead of CLIP: the
+  result is rasterised from 8 fixed orbit views, textureless (grey, lit from the camera)
+  for shape and flat albedo for colour, and every prompt of the world is ranked by the mean
+  squared difference between its true renders (same views, same shading) and the result's.
+  Shape is right when the best-ranked prompt has the result's shape; colour is right
+  when the best-ranked prompt (by albedo renders) has the result's colour.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ..colour import linear_to_srgb
+from . import world
+from .cameras import fixed_orbits
+from .raster import rasterise
+
+EVAL_AZIMUTHS = tuple(float(a) for a in range(0, 360, 45))
+EVAL_ELEVATIONS = tuple(10.0 if k % 2 == 0 else 30.0 for k in range(8))
+EVAL_DISTANCE = 1.6  # units of bounds size
+EVAL_FOVY = 45.0
+EVAL_SIZE = 64
+SURFACE_SAMPLES = 30000
+TEXTURELESS_AMBIENT, TEXTURELESS_DIFFUSE = 0.2, 0.8
+
+
+def eval_orbit():
+    return fixed_orbits(EVAL_AZIMUTHS, EVAL_ELEVATIONS, EVAL_DISTANCE, EVAL_FOVY)
+
+
+# -- geometry and colour ---------------------------------------------------------------------
+
+def _check_mesh(mesh: dict) -> tuple[np.ndarray, np.ndarray]:
+    for key in ("vertices", "faces"):
+        if key not in mesh:
+            raise ValueError(f"mesh: missing {key!r} (have {sorted(mesh)})")
+    v = np.asarray(mesh["vertices"], dtype=np.float64)
+    f = np.asarray(mesh["faces"], dtype=np.int64)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"mesh: vertices must be (V,3) and faces (F,3), got {v.shape} and {f.shape}")
+    if len(f) == 0:
+        raise ValueError("mesh: has no faces, nothing to measure")
+    return v, f
+
+
+def sample_surface(mesh: dict, n: int = SURFACE_SAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """n area-uniform points on a mesh (n,3), with its vertex colours interpolated there (n,C) if it has any."""
+    v, f = _check_mesh(mesh)
+    rng = np.random.default_rng(seed)
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    if area.sum() <= 0:
+        raise ValueError("mesh: all faces have zero area, nothing to measure")
+    tri = rng.choice(len(f), size=n, p=area / area.sum())
+    r1, r2 = rng.random(n), rng.random(n)
+    s = np.sqrt(r1)
+    w = np.stack((1 - s, s * (1 - r2), s * r2), 1)  # uniform barycentrics
+    points = (w[:, :, None] * v[f[tri]]).sum(1)
+    colours = None
+    if mesh.get("colors") is not None:
+        col = np.asarray(mesh["colors"], dtype=np.float64)
+        colours = (w[:, :, None] * col[f[tri]]).sum(1)
+    return points, colours
+
+
+def chamfer(a: np.ndarray, b: np.ndarray) -> float:
+    """Symmetric Chamfer distance: the mean of both directions' mean nearest-neighbour distances."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d_ab = cKDTree(b).query(a)[0].mean()
+    d_ba = cKDTree(a).query(b)[0].mean()
+    return float(0.5 * (d_ab + d_ba))
+
+
+def mesh_chamfer(mesh: dict, prompt: str, bounds: dict | None = None, n: int = SURFACE_SAMPLES) -> float:
+    """Chamfer distance from a mesh to the prompt's true surface, as a fraction of the bounds size."""
+    bounds = bounds or world.DEFAULT_BOUNDS
+    points, _ = sample_surface(mesh, n, seed=1)
+    truth = world.truth_points(prompt, n, bounds, seed=2)
+    return chamfer(points, truth) / float(bounds["size"])
+
+
+def colour_error(mesh: dict, prompt: str, n: int = SURFACE_SAMPLES) -> float:
+    """Mean absolute linear-RGB difference between a mesh's surface colour and the true albedo."""
+    if mesh.get("colors") is None:
+        raise ValueError("mesh: has no 'colors', cannot measure colour")
+    _, colours = sample_surface(mesh, n, seed=3)
+    return float(np.abs(colours[:, :3] - world.truth_colour(prompt)[None]).mean())
+
+
+# -- renders for R-precision ----------------------------------------------------------------
+
+def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # area-weighted
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, f[:, k], face_n)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def mesh_renders(mesh: dict, bounds: dict | None = None, size: int = EVAL_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mesh from the 8 eval views: textureless (8,1,S,S) and sRGB albedo (8,3,S,S), both over black."""
+    v, f = _check_mesh(mesh)
+    v = world.to_unit(v, bounds)
+    colours = np.asarray(mesh["colors"], dtype=np.float64)[:, :3] if mesh.get("colors") is not None \
+        else np.ones((len(v), 3))
+    attributes = torch.from_numpy(np.concatenate((_vertex_normals(v, f), v, colours), 1))
+    orbit = eval_orbit()
+    c2w, focal, eyes = orbit.c2w(), orbit.focal(size), orbit.positions()
+    grey = torch.zeros(len(orbit), 1, size, size)
+    albedo = torch.zeros(len(orbit), 3, size, size)
+    vt, ft = torch.from_numpy(v), torch.from_numpy(f)
+    for k in range(len(orbit)):
+        cover, attr = rasterise(vt, ft, attributes, c2w[k], float(focal[k]), size)
+        normal = attr[..., 0:3] / attr[..., 0:3].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        to_light = eyes[k] - attr[..., 3:6]
+        to_light = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        # Two-sided: a mesh's winding is not the truth's business.
+        lit = TEXTURELESS_AMBIENT + TEXTURELESS_DIFFUSE * (normal * to_light).sum(-1).abs()
+        grey[k, 0] = torch.where(cover, lit, torch.zeros_like(lit)).float()
+        srgb = linear_to_srgb(attr[..., 6:9].clamp(0, 1))
+        albedo[k] = (srgb * cover[..., None]).permute(2, 0, 1).float()
+    return grey, albedo
+
+
+def _truth_textureless(shape: str, size: int) -> torch.Tensor:
+    orbit = eval_orbit()
+    rgba = world.render(shape, (1.0, 1.0, 1.0), orbit, size, "textureless", orbit.positions(), supersample=1,
+                        ambient=TEXTURELESS_AMBIENT, diffuse=TEXTURELESS_DIFFUSE)
+    return rgba[:, :1]
+
+
+@lru_cache(maxsize=4)
+def truth_renders(size: int = EVAL_SIZE) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+    """Every prompt's true renders from the eval views: (prompts, textureless (P,8,1,S,S), albedo (P,8,3,S,S))."""
+    grey = {s: _truth_textureless(s, size) for s in world.SHAPE_NAMES}
+    orbit = eval_orbit()
+    masks = {s: world.render(s, (1.0, 1.0, 1.0), orbit, size, "albedo", supersample=1)[:, 3:4]
+             for s in world.SHAPE_NAMES}
+    greys, albedos = [], []
+    for prompt in world.PROMPTS:
+        colour, shape = world.parse_prompt(prompt)
+        greys.append(grey[shape])
+        albedos.append(masks[shape] * torch.tensor(world.COLOURS[colour], dtype=torch.float32).view(1, 3, 1, 1))
+    return world.PROMPTS, torch.stack(greys), torch.stack(albedos)
+
+
+def rank_prompts(mesh: dict, bounds: dict | None = None, size: int = EVAL_SIZE) -> dict:
+    """Every prompt's distance to the mesh's renders, for shape (textureless) and colour (albedo)."""
+    prompts, grey_truth, albedo_truth = truth_renders(size)
+    grey, albedo = mesh_renders(mesh, bounds, size)
+    shape_score = ((grey_truth - grey[None]) ** 2).mean(dim=(1, 2, 3, 4))
+    colour_score = ((albedo_truth - albedo[None]) ** 2).mean(dim=(1, 2, 3, 4))
+    return {"prompts": prompts, "shape_score": shape_score.numpy(), "colour_score": colour_score.numpy()}
+
+
+def recognise(mesh: dict, bounds: dict | None = None, size: int = EVAL_SIZE) -> tuple[str, str]:
+    """The (shape, colour) the yardstick reads in a mesh: the best prompt by each score."""
+    ranks = rank_prompts(mesh, bounds, size)
+    shape = world.parse_prompt(ranks["prompts"][int(np.argmin(ranks["shape_score"]))])[1]
+    colour = world.parse_prompt(ranks["prompts"][int(np.argmin(ranks["colour_score"]))])[0]
+    return shape, colour
+
+
+def judge(mesh: dict, prompt: str, bounds: dict | None = None) -> dict:
+    """All figures for one result of `prompt`."""
+    colour, shape = world.parse_prompt(prompt)
+    seen_shape, seen_colour = recognise(mesh, bounds)
+    return {"prompt": prompt, "chamfer": mesh_chamfer(mesh, prompt, bounds),
+            "colour_error": colour_error(mesh, prompt) if mesh.get("colors") is not None else float("nan"),
+            "seen_shape": seen_shape, "seen_colour": seen_colour,
+            "shape_ok": seen_shape == shape, "colour_ok": seen_colour == colour}
+
+
+def r_precision(judgements: list[dict]) -> tuple[float, float]:
+    """(shape, colour) R-precision: the fraction of results whose own prompt ranked first."""
+    if not judgements:
+        return float("nan"), float("nan")
+    return (sum(j["shape_ok"] for j in judgements) / len(judgements),
+            sum(j["colour_ok"] for j in judgements) / len(judgements))

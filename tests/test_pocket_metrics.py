@@ -1,0 +1,110 @@
+"""The yardstick: Chamfer, colour error, the mesh rasteriser and R-precision on known meshes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage import measure
+
+from blender_sds.engine.pocket import metrics, shapes, world
+from blender_sds.engine.pocket.cameras import fixed_orbits
+from blender_sds.engine.pocket.raster import rasterise
+
+BOUNDS = {"center": (0.5, -1.0, 2.0), "size": 3.0}
+
+
+def truth_mesh(prompt, bounds=BOUNDS, resolution=48, colour=None):
+    """The prompt's true shape as a marching-cubes mesh with its true (or another) linear colour."""
+    _, shape = world.parse_prompt(prompt)
+    axis = np.linspace(-0.4, 0.4, resolution)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    level = shapes.SHAPES[shape].level(torch.from_numpy(grid)).numpy().reshape((resolution,) * 3)
+    v, f, _, _ = measure.marching_cubes(level, 0.0, spacing=(axis[1] - axis[0],) * 3)
+    rgb = world.truth_colour(prompt) if colour is None else np.asarray(colour)
+    colours = np.tile(np.append(rgb, 1.0), (len(v), 1))
+    return {"vertices": world.to_world(v + axis[0], bounds).astype(np.float32), "faces": f.astype(np.int32),
+            "colors": colours.astype(np.float32)}
+
+
+def test_chamfer_of_the_truth_with_itself_is_near_zero():
+    a = world.truth_points("a red torus", 20000, BOUNDS, seed=0)
+    assert metrics.chamfer(a, a) == 0.0
+    b = world.truth_points("a red torus", 20000, BOUNDS, seed=1)
+    assert metrics.chamfer(a, b) / BOUNDS["size"] < 0.005
+
+
+def test_chamfer_of_a_shifted_copy_is_the_shift():
+    u, v = np.meshgrid(np.linspace(0, 1, 60), np.linspace(0, 1, 60))
+    plane = np.stack((u.ravel(), v.ravel(), np.zeros(u.size)), 1)
+    assert metrics.chamfer(plane, plane + [0, 0, 0.004]) == pytest.approx(0.004, rel=1e-9)
+
+
+def test_mesh_chamfer_is_a_fraction_of_the_bounds_and_grows_with_a_shift():
+    mesh = truth_mesh("a green sphere")
+    near = metrics.mesh_chamfer(mesh, "a green sphere", BOUNDS)
+    assert near < 0.006
+    moved = dict(mesh, vertices=mesh["vertices"] + np.float32([0.3, 0, 0]))  # 10% of the bounds
+    far = metrics.mesh_chamfer(moved, "a green sphere", BOUNDS)
+    assert 0.04 < far < 0.1
+    assert metrics.mesh_chamfer(mesh, "a green cube", BOUNDS) > 3 * near
+
+
+def test_colour_error_is_the_mean_absolute_linear_difference():
+    assert metrics.colour_error(truth_mesh("a yellow cone"), "a yellow cone") < 1e-6
+    grey = np.array([0.2, 0.2, 0.2])
+    mesh = truth_mesh("a yellow cone", colour=grey)
+    expected = np.abs(world.truth_colour("a yellow cone") - grey).mean()
+    assert metrics.colour_error(mesh, "a yellow cone") == pytest.approx(expected, rel=1e-5)
+
+
+def test_rasteriser_matches_the_analytic_renderer():
+    # A 12-triangle cube: its big triangles go through the splitting path.
+    cube = shapes.SHAPES["cube"]
+    corners = cube.triangles.reshape(-1, 3)
+    vertices, faces = torch.unique(corners, dim=0, return_inverse=True)
+    faces = faces.view(-1, 3)
+    orbit = fixed_orbits([35.0, 200.0], [25.0, -5.0], 1.6, 45.0)
+    truth = world.render("cube", (1, 1, 1), orbit, 48, "albedo", supersample=1)[:, 3] > 0.5
+    for k in range(2):
+        cover, attr = rasterise(vertices, faces, vertices, orbit.c2w()[k], float(orbit.focal(48)[k]), 48)
+        iou = (cover & truth[k]).sum() / (cover | truth[k]).sum()
+        assert iou > 0.97
+        # Interpolated positions lie on the cube's surface and face the camera.
+        on = attr[cover]
+        assert torch.allclose(on.abs().max(dim=-1).values, torch.full((len(on),), cube.half, dtype=on.dtype),
+                              atol=1e-9)
+
+
+def test_rasteriser_keeps_the_nearest_surface():
+    # Two parallel squares; the nearer one's attribute must win everywhere they overlap.
+    square = torch.tensor([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], dtype=torch.float64) * 0.2
+    vertices = torch.cat((square + torch.tensor([0, 0, 0.1]), square - torch.tensor([0, 0, 0.1])))
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    ids = torch.tensor([[1.0]] * 4 + [[2.0]] * 4)
+    top = fixed_orbits([0.0], [90.0 - 1e-6], 1.5, 40.0)
+    cover, attr = rasterise(vertices, faces, ids, top.c2w()[0], float(top.focal(32)[0]), 32)
+    assert cover.sum() > 100 and torch.allclose(attr[cover], torch.ones(1, dtype=attr.dtype))
+
+
+@pytest.mark.parametrize("prompt", ["a red sphere", "a blue cube", "a green cylinder", "a white cone",
+                                    "a yellow torus", "a purple pyramid"])
+def test_truth_meshes_are_recognised(prompt):
+    judged = metrics.judge(truth_mesh(prompt), prompt, BOUNDS)
+    assert judged["shape_ok"] and judged["colour_ok"], judged
+    assert judged["chamfer"] < 0.006 and judged["colour_error"] < 1e-6
+
+
+def test_recognition_reads_shape_and_colour_separately():
+    red_cone = truth_mesh("a white cone", colour=world.truth_colour("a red cone"))
+    assert metrics.recognise(red_cone, BOUNDS) == ("cone", "red")
+    judged = metrics.judge(red_cone, "a white cone", BOUNDS)
+    assert judged["shape_ok"] and not judged["colour_ok"]
+    assert metrics.r_precision([judged, metrics.judge(truth_mesh("a red cone"), "a red cone", BOUNDS)]) == (1.0, 0.5)
+
+
+def test_bad_meshes_are_refused_by_name():
+    with pytest.raises(ValueError, match="mesh: has no faces"):
+        metrics.mesh_chamfer({"vertices": np.zeros((3, 3)), "faces": np.zeros((0, 3))}, "a red cube")
+    with pytest.raises(ValueError, match="mesh: missing 'faces'"):
+        metrics.judge({"vertices": np.zeros((3, 3))}, "a red cube")
+    assert math.isnan(metrics.r_precision([])[0])
