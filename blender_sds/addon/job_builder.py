@@ -147,8 +147,12 @@ def refine_job(context, ob, camera_source: str, steps: int = 0) -> tuple[dict, s
     if camera_source == "ORBIT":
         job["cameras"].pop("rig", None)
     job["init"] = {"checkpoint": checkpoint, "resume": False}
+    # The albedo-only warm-up shapes a field from scratch; a refined field needs none.
+    job.setdefault("optim", {})["albedo_steps"] = 0
     job = merge(job, overrides(context.scene))
     if steps > 0:
         job["steps"] = steps
+    if isinstance(job["optim"].get("albedo_steps"), int) and isinstance(job.get("steps"), int):
+        job["optim"]["albedo_steps"] = min(job["optim"]["albedo_steps"], job["steps"])
     validate(job, os.path.dirname(checkpoint))
     return job, checkpoint

@@ -74,7 +74,9 @@ class SDS_AddonPreferences(bpy.types.AddonPreferences):
         row.prop(self, "device")
         row.prop(self, "low_vram")
         layout.prop(self, "cache_folder")
-        layout.label(text=f"Cache: {paths.cache_dir(self)}", icon="FILE_FOLDER")
+        if not self.cache_folder:
+            where = bpy.utils.extension_path_user(paths.ADDON_ID, path="cache", create=False)
+            layout.label(text=f"Cache: {where}", icon="FILE_FOLDER")
 
 
 def get(context=None):

@@ -69,7 +69,8 @@ def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) ->
     client = WorkerClient([python, "-u", "-m", f"{paths.PACKAGE_NAME}.engine", "worker"],
                           worker_environment(prefs), out_dir, os.path.join(out_dir, "worker.log"))
     meta = {"scene": context.scene.name, "view_layer": context.view_layer.name, "name": name,
-            "matrix_world": [list(row) for row in matrix_world] if matrix_world is not None else None}
+            "matrix_world": [list(row) for row in matrix_world] if matrix_world is not None else None,
+            "offline": not bpy.app.online_access and _is_hub_model(job)}
     run = Run(client, job, base_dir, out_dir, preferences.device_name(prefs), meta)
     try:
         run.start()
@@ -80,6 +81,11 @@ def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) ->
     s = context.scene.sds
     s.status, s.last_error, s.progress, s.step, s.steps_total, s.seconds_left = "Starting worker", "", 0.0, 0, 0, -1.0
     return run
+
+
+def _is_hub_model(job: dict) -> bool:
+    model = job.get("guidance", {}).get("model")
+    return isinstance(model, str) and not os.path.exists(model)
 
 
 def sync_scene(run: Run, scene) -> None:
@@ -116,8 +122,12 @@ def finish(run: Run, scene, view_layer):
         _active = None
     sync_scene(run, scene)
     if run.state != "done":
-        scene.sds.last_error = run.message
-        raise ArtistError(run.message)
+        message = run.message
+        if run.meta.get("offline") and run.state == "failed" and "model" in message.lower():
+            message += (" (Blender's online access is off, so the worker cannot download models: allow it in "
+                        "Preferences > System > Network, or set Model to a local folder)")
+        scene.sds.last_error = message
+        raise ArtistError(message)
     matrix = run.meta.get("matrix_world")
     try:
         ob = importer.import_result(scene, view_layer, run.result_dir, name=run.meta.get("name"),

@@ -80,7 +80,7 @@ def object_facts(ob):
         "col_render": me.color_attributes.render_color_index == me.color_attributes.find("Col"),
         "color_range": colors, "material_reads_col": reads_col,
         "job_prompt": job and job.get("prompt"), "job_cameras_mode": job and job["cameras"]["mode"],
-        "job_rig": job and len(job["cameras"].get("rig", [])), "job_init": job and job["init"]["checkpoint"],
+        "job_rig": job and len(job["cameras"].get("rig", [])), "job_steps": job and job["steps"], "job_init": job and job["init"]["checkpoint"],
         "checkpoint": ob.get("sds_checkpoint"),
         "checkpoint_exists": bool(ob.get("sds_checkpoint")) and os.path.isfile(ob["sds_checkpoint"]),
         "result_dir": ob.get("sds_result"),
@@ -309,7 +309,7 @@ def scenario_e2e(args):
     gen.location = (0.5, 0.0, 0.0)
     bpy.context.view_layer.update()
     t = time.monotonic()
-    ret, err = call(bpy.ops.sds.refine)
+    ret, err = call(bpy.ops.sds.refine, steps=1)
     out["timings"]["refine"] = time.monotonic() - t
     ref = bpy.context.view_layer.objects.active
     out["refine"] = {"returned": ret, "message": err, "object": ref and object_facts(ref),

@@ -39,6 +39,7 @@ def test_generate_refine_export_import(blender, run_scenario, tiny_sd):
     assert ref["object"]["name"] != gen["object"]["name"]
     assert ref["object"]["job_init"] == gen["object"]["checkpoint"]  # continued from the generated run
     assert ref["object"]["job_cameras_mode"] == "rig" and ref["object"]["job_rig"] == 2
+    assert ref["object"]["job_steps"] == 1 and gen["object"]["job_steps"] == 2
     assert ref["original_still_there"] and ref["original_mesh_same"]
     assert ref["object"]["matrix_world"][0][3] == 0.5  # placed where the moved original is
 
