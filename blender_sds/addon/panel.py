@@ -59,15 +59,16 @@ class SDS_PT_main(bpy.types.Panel):
             sub.enabled = active is not None and "sds_checkpoint" in active
             sub.operator("sds.refine", icon="FILE_REFRESH")
 
-        if run is not None or s.status:
+        if run is not None:
             text = s.status
             if s.steps_total:
                 text = f"Step {s.step}/{s.steps_total}"
-                if s.seconds_left >= 0 and run is not None:
+                if s.seconds_left >= 0:
                     text += f" · {_time(s.seconds_left)} left"
             layout.progress(factor=s.progress, type="BAR", text=text)
-            if run is not None:
-                layout.label(text=s.status, icon="TIME")
+            layout.label(text=s.status, icon="TIME")
+        elif s.status:
+            layout.label(text=s.status, icon="ERROR" if s.status == "Failed" else "INFO")
         if s.last_error and run is None:
             col = layout.column(align=True)
             col.alert = True

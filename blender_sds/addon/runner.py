@@ -91,7 +91,7 @@ def _is_hub_model(job: dict) -> bool:
 def sync_scene(run: Run, scene) -> None:
     """Copy the run's state into scene.sds (main thread only), and show a new preview."""
     s = scene.sds
-    s.status = run.message if run.state in ("failed", "cancelled") else run.stage.capitalize()
+    s.status = {"failed": "Failed", "cancelled": run.message}.get(run.state, run.stage.capitalize())
     s.step, s.steps_total = run.step, run.steps
     s.progress = min(1.0, run.fraction)
     s.seconds_left = -1.0 if run.seconds_left is None else float(run.seconds_left)

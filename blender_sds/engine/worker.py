@@ -83,6 +83,10 @@ class Worker:
         except JobError as exc:
             self.send(protocol.error(str(exc), "bad_input", key=exc.key))
             return
+        except Exception as exc:  # a validator bug must not take the conversation down
+            traceback.print_exc()
+            self.send(protocol.error(f"could not read the job: {type(exc).__name__}: {exc}", "failed"))
+            return
         self.stop.clear()
         self.run_thread = threading.Thread(target=self._run, args=(job, message["out"], message.get("device")),
                                            name="sds-run", daemon=True)

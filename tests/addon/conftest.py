@@ -20,6 +20,7 @@ BPY_ENVS = {"4.2": REPO / ".venv-bpy42", "4.5": REPO / ".venv-bpy45"}
 TINY_OVERRIDES = {"preset": "draft", "steps": 2, "render": {"resolution": 32, "samples": 8},
                   "mesh": {"resolution": 24}, "optim": {"orientation": 0.0, "albedo_steps": 2},
                   "output": {"preview_every": 0}}
+HUB_MODEL = "example-org/never-downloaded"  # valid job syntax; for scenarios whose worker never loads it
 
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -38,6 +39,8 @@ def addon_zip(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     proc = subprocess.run([sys.executable, str(REPO / "build_addon.py"), "--out", str(out)],
                           capture_output=True, text=True)
+    if proc.returncode != 0 and "blender_ext.py) was not found" in proc.stderr:
+        pytest.skip("Blender's extension validator is missing: run scripts/bpy_envs.sh")
     assert proc.returncode == 0, proc.stderr
     return Path(proc.stdout.strip().splitlines()[-1])
 

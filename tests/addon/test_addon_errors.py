@@ -1,5 +1,6 @@
 """Every failure an artist can cause is reported with the problem and what to do, the
 operator is cancelled, and the file is left as it was."""
+from conftest import HUB_MODEL
 
 
 # case -> words the report must contain (the problem, and the remedy)
@@ -25,8 +26,8 @@ EXPECTED = {
 
 
 
-def test_artist_errors_are_reported_and_change_nothing(blender, run_scenario, tiny_sd):
-    facts = run_scenario(blender, "errors", model=tiny_sd)
+def test_artist_errors_are_reported_and_change_nothing(blender, run_scenario):
+    facts = run_scenario(blender, "errors", model=HUB_MODEL)
     assert facts["online_access"] is False  # the bpy module starts with online access off
     for case, words in EXPECTED.items():
         got = facts[case]

@@ -3,9 +3,11 @@ Blender's own world_to_camera_view, for landscape/portrait, AUTO/VERTICAL/HORIZO
 shift, resolution percentage and pixel aspect, with a scaled camera object."""
 import math
 
+from conftest import HUB_MODEL
 
-def test_job_intrinsics_match_blender(blender, run_scenario, tiny_sd):
-    facts = run_scenario(blender, "rig", model=tiny_sd)
+
+def test_job_intrinsics_match_blender(blender, run_scenario):
+    facts = run_scenario(blender, "rig", model=HUB_MODEL)
     cases = {k: v for k, v in facts.items() if not k.startswith("_") and k != "blender"}
     assert set(cases) == {"landscape_auto", "portrait_auto_shift", "vertical_shift_y", "pixel_aspect_2",
                           "pixel_aspect_y2_auto"}
