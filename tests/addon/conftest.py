@@ -12,17 +12,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DRIVER = Path(__file__).with_name("driver.py")
-WORKER_PYTHON = str(REPO / ".venv" / "bin" / "python")
-BPY_ENVS = {"4.2": REPO / ".venv-bpy42", "4.5": REPO / ".venv-bpy45"}
-# The smallest job that still runs every stage of the engine: a few CPU seconds per step.
-TINY_OVERRIDES = {"preset": "draft", "steps": 2, "render": {"resolution": 32, "samples": 8},
-                  "mesh": {"resolution": 24}, "optim": {"orientation": 0.0, "albedo_steps": 2},
-                  "output": {"preview_every": 0}}
-HUB_MODEL = "example-org/never-downloaded"  # valid job syntax; for scenarios whose worker never loads it
+from bpy_harness import BPY_ENVS, DRIVER, HUB_MODEL, REPO, TINY_OVERRIDES, WORKER_PYTHON  # noqa: F401
 
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.append(str(REPO / "tests"))  # tiny_models
 
 
 @pytest.fixture(params=sorted(BPY_ENVS), ids=lambda v: f"blender{v}")

@@ -1,6 +1,6 @@
 """Every failure an artist can cause is reported with the problem and what to do, the
 operator is cancelled, and the file is left as it was."""
-from conftest import HUB_MODEL
+from bpy_harness import HUB_MODEL
 
 
 # case -> words the report must contain (the problem, and the remedy)

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO
+from bpy_harness import REPO
 
 sys.path.insert(0, str(REPO))
 import build_addon  # noqa: E402

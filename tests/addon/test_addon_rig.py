@@ -3,7 +3,7 @@ Blender's own world_to_camera_view, for landscape/portrait, AUTO/VERTICAL/HORIZO
 shift, resolution percentage and pixel aspect, with a scaled camera object."""
 import math
 
-from conftest import HUB_MODEL
+from bpy_harness import HUB_MODEL
 
 
 def test_job_intrinsics_match_blender(blender, run_scenario):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, WORKER_PYTHON
+from bpy_harness import REPO, WORKER_PYTHON
 
 sys.path.insert(0, str(REPO))
 from blender_sds import protocol  # noqa: E402
