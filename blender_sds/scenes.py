@@ -91,7 +91,7 @@ def surface_samples(count: int, seed: int = 0) -> np.ndarray:
     return p + CENTER
 
 
-def write_reference_job(folder: str | Path, views: int = 32, size: int = 64, steps: int = 600) -> Path:
+def write_reference_job(folder: str | Path, views: int = 32, size: int = 48, steps: int = 400) -> Path:
     """Write RGBA views and a reference-kind job that reconstructs the box from them."""
     from PIL import Image
     folder = Path(folder)
@@ -107,9 +107,9 @@ def write_reference_job(folder: str | Path, views: int = 32, size: int = 64, ste
         "steps": steps, "bounds": {"center": CENTER.tolist(), "size": BOUNDS_SIZE},
         "guidance": {"kind": "reference", "views": entries},
         "cameras": {"mode": "rig"},
-        "render": {"resolution": size, "batch": 2, "samples": 64},
+        "render": {"resolution": size, "batch": 1, "samples": 48},
         "mesh": {"resolution": 96},
-        "output": {"preview_every": 0, "checkpoint_every": 0, "progress_every": 25},
+        "output": {"preview_every": 100, "checkpoint_every": 100, "progress_every": 10},
     }
     path = folder / "job.json"
     path.write_text(json.dumps(job, indent=1) + "\n")
@@ -120,8 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--views", type=int, default=32)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--size", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args()
     print(write_reference_job(args.out, args.views, args.size, args.steps))
 

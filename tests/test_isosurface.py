@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from blender_sds.engine.colour import linear_to_srgb, srgb_to_linear
+from blender_sds.engine import isosurface
 from blender_sds.engine.isosurface import AUTO_THRESHOLDS, MeshError, density_grid, extract_mesh
 
 CENTER = (0.3, -0.2, 1.0)
@@ -16,7 +17,7 @@ RES = 48
 CELL = SIZE / RES
 
 
-def ball(center=CENTER, radius=0.5, peak=50.0, sharpness=40.0):
+def ball(center=CENTER, radius=0.5, peak=20.0, sharpness=40.0):
     """Smooth ball: `peak` inside, 0 outside, peak/2 exactly on the sphere of `radius`."""
     c = torch.tensor(center, dtype=torch.float32)
 
@@ -53,7 +54,7 @@ def test_sphere_lies_on_its_radius_with_outward_winding():
     vertices, faces = mesh["vertices"], mesh["faces"]
     assert vertices.dtype == np.float32 and vertices.flags["C_CONTIGUOUS"] and vertices.shape[1] == 3
     assert faces.dtype == np.int32 and faces.flags["C_CONTIGUOUS"] and faces.shape[1] == 3
-    assert mesh["threshold"] == 25.0
+    assert mesh["threshold"] == 10.0
 
     radii = np.linalg.norm(vertices - np.array(CENTER), axis=1)
     # Far under a voxel: the density is smooth, so linear interpolation is nearly exact.
@@ -76,7 +77,7 @@ def test_cube_has_its_faces_where_the_density_says():
 
     def box(points):
         outside = ((points - c).abs() - half).amax(dim=-1)
-        return 50.0 * torch.sigmoid(-outside * 60.0)
+        return 20.0 * torch.sigmoid(-outside * 60.0)
 
     mesh = extract_mesh(box, grey, CENTER, SIZE, resolution=RES)
     vertices = mesh["vertices"]
@@ -121,8 +122,13 @@ def test_colours_are_linear_rgba_queried_at_the_vertices():
 
     mesh = extract_mesh(ball(), by_position, CENTER, SIZE, resolution=24)
     x = (mesh["vertices"][:, 0].astype(np.float64) - (CENTER[0] - 1.0)) / SIZE
-    np.testing.assert_allclose(mesh["colors"][:, 0], srgb_to_linear(x), atol=1e-5)
-    np.testing.assert_allclose(mesh["colors"][:, 1], srgb_to_linear(1 - x), atol=1e-5)
+    read_at = linear_to_srgb(mesh["colors"][:, 0].astype(np.float64))
+    np.testing.assert_allclose(mesh["colors"][:, 1], srgb_to_linear(1 - read_at), atol=1e-5)
+    # Read one cell inward from each vertex: never further, and towards the inside.
+    np.testing.assert_allclose(read_at, x, atol=isosurface.COLOUR_DEPTH * (SIZE / 24) / SIZE + 1e-5)
+    offset = (mesh["vertices"][:, 0] - CENTER[0]) / 0.5  # +1 on the ball's +x pole, -1 on its -x pole
+    poles = np.abs(offset) > 0.8
+    assert np.mean((read_at - x)[poles] * offset[poles]) < -0.5 * (SIZE / 24) / SIZE
 
 
 @pytest.mark.parametrize("peak, expected", [(12.0, 10.0), (7.0, 5.0)])
@@ -134,15 +140,15 @@ def test_auto_threshold_falls_back_for_a_faint_object(peak, expected):
 
 def test_no_surface_raises_with_the_thresholds_tried():
     with pytest.raises(MeshError) as info:
-        extract_mesh(ball(peak=3.0), grey, CENTER, SIZE, resolution=16)
+        extract_mesh(ball(peak=2.0), grey, CENTER, SIZE, resolution=16)
     message = str(info.value)
     assert all(f"{t:g}" in message for t in AUTO_THRESHOLDS)
-    assert "mesh.threshold" in message and "max 3" in message
+    assert "mesh.threshold" in message and "max 2" in message
 
-    with pytest.raises(MeshError, match=r"mesh\.threshold 60 .*max 50"):
+    with pytest.raises(MeshError, match=r"mesh\.threshold 60 .*max 20"):
         extract_mesh(ball(), grey, CENTER, SIZE, resolution=16, threshold=60)
     # A number is used alone: 2 finds the faint ball that "auto" could not.
-    assert extract_mesh(ball(peak=3.0), grey, CENTER, SIZE, resolution=16, threshold=2)["threshold"] == 2.0
+    assert extract_mesh(ball(peak=2.0), grey, CENTER, SIZE, resolution=16, threshold=1)["threshold"] == 1.0
 
 
 def test_surface_touching_the_bounds_is_closed():
@@ -224,3 +230,19 @@ def test_srgb_linear_gradients_are_finite_at_the_ends():
     x = torch.tensor([0.0, 0.002, 0.5, 1.0], requires_grad=True)
     (srgb_to_linear(x).sum() + linear_to_srgb(x).sum()).backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_sealed_cavities_are_filled_so_only_the_outer_surface_remains():
+    """A hollow ball (a shell with an empty pocket inside) gives one outer surface, no inner shell."""
+    center, size, r_out, r_in = np.array([0.1, -0.2, 1.0]), 2.0, 0.6, 0.35
+
+    def hollow(p):
+        d = (p - torch.as_tensor(center, dtype=p.dtype, device=p.device)).norm(dim=-1)
+        return torch.where((d < r_out) & (d > r_in), 50.0, 0.0)
+
+    mesh = extract_mesh(hollow, lambda p: torch.full_like(p, 0.5), center, size, resolution=48, threshold=25)
+    radius = np.linalg.norm(mesh["vertices"] - center, axis=1)
+    assert radius.min() > r_out - 2 * size / 48, "an inner shell was left in the mesh"
+    tri = mesh["vertices"][mesh["faces"]].astype(np.float64)
+    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6
+    assert abs(volume - 4 / 3 * np.pi * r_out ** 3) / (4 / 3 * np.pi * r_out ** 3) < 0.05

@@ -30,16 +30,16 @@ class _Gather(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table, index, weights):  # index, weights: (N, 8)
+    def forward(ctx, table, index, weights):  # index, weights: (N, L, 8) -> (N, L, F)
         ctx.save_for_backward(index, weights)
         ctx.rows = table.shape[0]
         feats = table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
-        return (feats * weights.unsqueeze(-1)).sum(1)
+        return (feats * weights.unsqueeze(-1)).sum(2)
 
     @staticmethod
     def backward(ctx, grad_out):
         index, weights = ctx.saved_tensors
-        contrib = (weights.unsqueeze(-1) * grad_out.unsqueeze(1)).reshape(-1, grad_out.shape[-1])
+        contrib = (weights.unsqueeze(-1) * grad_out.unsqueeze(2)).reshape(-1, grad_out.shape[-1])
         grad = torch.zeros(ctx.rows, grad_out.shape[-1], dtype=grad_out.dtype, device=grad_out.device)
         grad.index_add_(0, index.reshape(-1), contrib)
         return grad, None, None
@@ -66,7 +66,7 @@ class FieldConfig:
     @classmethod
     def for_preset(cls, preset: str) -> "FieldConfig":
         if preset == "draft":
-            return cls(levels=12, log2_table=17, max_resolution=512)
+            return cls(levels=10, log2_table=17, max_resolution=256)
         if preset == "high":
             return cls(levels=16, log2_table=19, max_resolution=4096)
         return cls(levels=16, log2_table=19, max_resolution=2048)
@@ -109,7 +109,7 @@ class HashGrid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clamp(0.0, 1.0)
-        outputs = []
+        indices, weights = [], []
         for level, res in enumerate(self.resolutions):
             scaled = x * res
             base = scaled.floor().long().clamp(max=res - 1)
@@ -122,8 +122,11 @@ class HashGrid(nn.Module):
                 h = grid * self.primes
                 index = torch.bitwise_xor(torch.bitwise_xor(h[..., 0], h[..., 1]), h[..., 2])
                 index = torch.remainder(index, self.sizes[level])
-            outputs.append(_Gather.apply(self.table, index + self.offsets[level], trilinear_weights(frac)))
-        return torch.cat(outputs, dim=-1)
+            indices.append(index + self.offsets[level])
+            weights.append(trilinear_weights(frac))
+        # One gather and one scatter for all levels: the table's gradient is zeroed once.
+        out = _Gather.apply(self.table, torch.stack(indices, 1), torch.stack(weights, 1))
+        return out.reshape(x.shape[0], -1)
 
 
 class Field(nn.Module):

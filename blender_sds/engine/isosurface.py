@@ -18,7 +18,7 @@ from skimage import measure
 
 from .colour import srgb_to_linear
 
-AUTO_THRESHOLDS = (25.0, 10.0, 5.0)
+AUTO_THRESHOLDS = (10.0, 5.0, 2.5)
 
 # 26-connectivity: voxels touching only at an edge or corner may still be joined by the
 # marching-cubes surface, so they count as one piece and are kept or dropped together.
@@ -27,6 +27,9 @@ _NEIGHBOURS = np.ones((3, 3, 3), dtype=bool)
 
 class MeshError(RuntimeError):
     """The field has no surface at the threshold(s) asked for."""
+
+
+COLOUR_DEPTH = 1.0  # cells inward from the surface at which vertex colours are read
 
 
 def density_grid(density_fn, center, size, resolution, device, chunk=262144) -> torch.Tensor:
@@ -83,14 +86,15 @@ def extract_mesh(
         solid = _drop_floaters(grid > level, min_component)
         if solid is None:
             continue
-        vertices, faces = _march(grid, solid, level)
+        solid, marched = _fill_cavities(grid, solid, level)
+        vertices, faces = _march(marched, solid, level)
         cell = size / resolution
         origin = center_t.numpy() - size / 2 + cell / 2
         world = np.ascontiguousarray(origin + vertices * cell, dtype=np.float32)
         return {
             "vertices": world,
             "faces": np.ascontiguousarray(faces, dtype=np.int32),
-            "colors": _vertex_colours(albedo_fn, world, device),
+            "colors": _vertex_colours(albedo_fn, _inward(world, faces, COLOUR_DEPTH * cell), device),
             "threshold": float(level),
         }
 
@@ -114,6 +118,19 @@ def _drop_floaters(solid: np.ndarray, min_component: float) -> np.ndarray | None
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.concatenate(([False], sizes >= min_component * sizes.max()))
     return keep[labels]
+
+
+def _fill_cavities(grid: np.ndarray, solid: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fill pockets sealed inside the object, so no inner shell ends up in the mesh.
+
+    Views only ever see the outer surface: the inside of a trained field is arbitrary and
+    its low-density pockets would become hidden surfaces an artist must clean by hand.
+    """
+    filled = ndimage.binary_fill_holes(solid)
+    cavity = filled & ~solid
+    if not cavity.any():
+        return solid, grid
+    return filled, np.where(cavity, np.float32(max(2 * level, float(grid.max()))), grid)
 
 
 def _march(grid: np.ndarray, solid: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +160,22 @@ def _extent(solid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         first.append(occupied[0])
         last.append(occupied[-1])
     return np.array(first), np.array(last)
+
+
+def _inward(vertices: np.ndarray, faces: np.ndarray, depth: float) -> np.ndarray:
+    """Vertices moved `depth` against their (area-weighted) normals.
+
+    The level set lies where density is still rising; the colour the renders were judged
+    on sits just inside it, while the albedo just outside was never trained.
+    """
+    tri = vertices[faces].astype(np.float64)
+    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 x area
+    normals = np.zeros_like(vertices, dtype=np.float64)
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], face_normals)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = np.divide(normals, length, out=np.zeros_like(normals), where=length > 0)
+    return np.ascontiguousarray(vertices - depth * normals, dtype=np.float32)
 
 
 def _vertex_colours(albedo_fn, vertices: np.ndarray, device, chunk: int = 262144) -> np.ndarray:
