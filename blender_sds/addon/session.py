@@ -75,6 +75,7 @@ class Run:
         while not self.pump(poll):
             if on_change is not None:
                 on_change(self)
+        self.client.stop()  # blocking is fine here: the worker is gone when execute() returns
         if on_change is not None:
             on_change(self)
 
@@ -87,11 +88,10 @@ class Run:
             self._end("cancelled", "Cancelled")
 
     def kill(self, reason: str = "Stopped") -> None:
-        """Stop now (unregister, another file loaded): no waiting for the worker's goodbye."""
+        """Stop now (unregister, another file loaded): the worker is gone when this returns."""
         if not self.finished:
-            self._end("cancelled", reason, grace=1.0)
-        else:
-            self.client.stop(grace=1.0)
+            self.state, self.message, self.stage = "cancelled", reason, "cancelled"
+        self.client.stop(grace=1.0)
 
     # -- messages --------------------------------------------------------------------------
     def _handle(self, msg: dict) -> None:
@@ -175,8 +175,8 @@ class Run:
     def _fail(self, message: str) -> None:
         self._end("failed", message)
 
-    def _end(self, state: str, message: str, grace: float = 3.0) -> None:
+    def _end(self, state: str, message: str) -> None:
         self.state = state
         self.message = message
         self.stage = state
-        self.client.stop(grace=grace)
+        self.client.stop_soon()  # never block the UI on a worker's exit

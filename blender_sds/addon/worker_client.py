@@ -106,6 +106,10 @@ class WorkerClient:
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(grace)
 
+    def stop_soon(self, grace: float = 3.0) -> None:
+        """stop() on a helper thread, so the main thread (Blender's UI) never waits for it."""
+        threading.Thread(target=self.stop, args=(grace,), name="sds-worker-stop", daemon=True).start()
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

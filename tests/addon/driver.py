@@ -374,6 +374,10 @@ def scenario_lifecycle(args):
     ret, err = call(bpy.ops.sds.cancel)
     out["cancel_returned"] = ret
     tick_until(lambda: run.finished, 60)
+    try:
+        run.client.proc.wait(15)  # the worker is stopped off the main thread; give it a moment
+    except subprocess.TimeoutExpired:
+        pass
     out["cancel"] = {"state": run.state, "message": run.message, "status": scene.sds.status,
                      "worker_alive": run.client.running, "scene_same": snapshot() == before,
                      "running_after": scene.sds.is_running, "active": runner.active() is not None}
