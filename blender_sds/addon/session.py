@@ -14,7 +14,7 @@ from .. import protocol
 from .worker_client import WorkerClient
 
 HELLO_SECONDS = 60.0  # a Python that has not said hello by then is not a worker
-SILENCE_SECONDS = 60.0  # heartbeats come every protocol.HEARTBEAT_SECONDS
+SILENCE_SECONDS = 120.0  # heartbeats come every protocol.HEARTBEAT_SECONDS; allow long GIL-holding steps
 CANCEL_SECONDS = 15.0  # a cancelled run gets this long to stop by itself before it is killed
 
 FINISHED = ("done", "failed", "cancelled")
