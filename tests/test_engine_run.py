@@ -33,10 +33,11 @@ def sd_job(model, **extra) -> dict:
     return raw
 
 
-def engine(*args, cwd=None) -> subprocess.CompletedProcess:
+def engine(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "blender_sds.engine", *args], capture_output=True, text=True,
                           cwd=cwd, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                        "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])},
+                                        "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1]),
+                                        **(env or {})},
                           timeout=600)
 
 

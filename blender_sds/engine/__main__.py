@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
         return bad_input(str(exc))
     from .guidance.model_source import ModelSourceError
     from .isosurface import MeshError
-    from .run import JobCancelled, run_job
+    from .run import JobCancelled, RunFailed, run_job
     mode = args.progress or ("bar" if sys.stderr.isatty() else "json")
     progress = ProgressBar(mode)
     try:
@@ -87,10 +87,15 @@ def cmd_run(args) -> int:
     except JobCancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
-    except (ModelSourceError, MeshError, ValueError, FileNotFoundError) as exc:
+    except (ModelSourceError, ValueError, FileNotFoundError) as exc:
         if args.debug:
             traceback.print_exc()
         return bad_input(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except (RunFailed, MeshError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         progress.close()
     return 0

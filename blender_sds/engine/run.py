@@ -6,8 +6,10 @@ This is the only loop: the CLI, the Blender worker and the benchmarks all call
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts
+from . import artifacts, faults
 from .cameras import CameraSampler, fixed_views
 from .device import pick_device
 from .field import Field, FieldConfig
@@ -23,14 +25,23 @@ from .guidance import build_guidance
 from .occupancy import OccupancyGrid
 from .renderer import Background, render
 
-MESH_FILE, PREVIEW_FILE, CHECKPOINT_FILE, LOG_FILE, JOB_FILE = (
-    "mesh.npz", "preview.png", "checkpoint.pt", "log.jsonl", "job.json")
+MESH_FILE, PREVIEW_FILE, CHECKPOINT_FILE, LOG_FILE, JOB_FILE, STATUS_FILE = (
+    "mesh.npz", "preview.png", "checkpoint.pt", "log.jsonl", "job.json", "status.json")
 PREVIEW_RESOLUTION = 128
 LIT_SHADING = (("albedo", 0.25), ("textureless", 0.375), ("lambertian", 0.375))  # threestudio's mix
 
 
 class JobCancelled(Exception):
     """The caller asked the run to stop; the last checkpoint is kept, no mesh is written."""
+
+
+class RunFailed(RuntimeError):
+    """The run could not go on (out of memory, a loss that stays NaN, a full disk); the
+    message says what to do. The result folder is marked failed and keeps its last checkpoint."""
+
+
+OOM_ADVICE = ("set guidance.low_vram to true (the add-on's Low VRAM preference), use preset draft, "
+              "or lower render.resolution / render.batch")
 
 
 class Run:
@@ -61,6 +72,7 @@ class Run:
         self.cameras = CameraSampler(job, device, self.generator, rig=rig,
                                      jitter=job["guidance"]["kind"] != "reference")
         self.step = 0
+        self.nonfinite = torch.zeros((), dtype=torch.int32, device=device)
         self.samples = int(job["render"]["samples"])
         self.step_length = math.sqrt(3) / self.samples  # one render step, in units of bounds.size
         self.occupancy.update(self.field, 0, self.step_length, self.generator, force=True)
@@ -95,6 +107,7 @@ class Run:
             self.step = int(state["step"])
 
     def save_checkpoint(self) -> Path:
+        faults.at_write("checkpoint")
         path = self.out / CHECKPOINT_FILE
         artifacts.save_checkpoint(path, self.state())
         self.emit({"type": "checkpoint", "step": self.step, "path": str(path)})
@@ -134,17 +147,24 @@ class Run:
                      background=background, generator=self.generator,
                      want_orientation=weights["orientation"] > 0 and shading != "albedo")
         judged = self.guidance(out.image, views, self.step, total)
-        loss = judged.loss
+        loss = faults.at_step(self.step, judged.loss)
         for name in ("orientation", "sparsity", "opaque"):
             if weights[name] > 0 and name in out.regularisers:
                 loss = loss + weights[name] * out.regularisers[name]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # A NaN/inf step is skipped (its gradients zeroed) without a host sync; the count is
+        # read when progress is reported.
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.isfinite(loss) & torch.stack([g.isfinite().all() for g in grads]).all()
+        for g in grads:
+            torch.where(finite, g, torch.zeros((), device=g.device, dtype=g.dtype), out=g)
+        self.nonfinite += (~finite).int()
         self.optimizer.step()
         self.step += 1
         self.occupancy.update(self.field, self.step, self.step_length, self.generator)
         self.last_figures = judged.figures
-        return loss.detach()
+        return torch.where(finite, loss.detach(), torch.zeros((), device=loss.device))
 
     # -- outputs -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -175,15 +195,35 @@ class Run:
                             min_component=mesh["min_component"], device=self.device)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out: cannot write to {out}: {exc.strerror or exc}") from None
+
+
 def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None) -> Path:
-    """Run a normalised job into `out_dir`; see docs/JOB.md and DESIGN.md for the files."""
+    """Run a normalised job into `out_dir`; see docs/JOB.md and DESIGN.md for the files.
+
+    `status.json` says what the folder holds: running, complete, cancelled or failed
+    (with the message); `mesh.npz` is written last, so only a complete run has one.
+    """
     started = time.monotonic()
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     (out / MESH_FILE).unlink(missing_ok=True)  # an old result must not pass for this one
     device = pick_device(device)
     resume = bool(job["init"]["resume"])
     log = open(out / LOG_FILE, "a" if resume else "w", encoding="utf-8")
+    status = {"state": "running", "pid": os.getpid(), "steps": int(job["steps"])}
+    artifacts.save_json(out / STATUS_FILE, status)
 
     def emit(event: dict) -> None:
         log.write(json.dumps(event) + "\n")
@@ -191,6 +231,7 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
         if on_event is not None:
             on_event(event)
 
+    run = None
     try:
         artifacts.save_json(out / JOB_FILE, job)
         run = Run(job, out, device, on_event=emit)
@@ -200,6 +241,7 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
         emit({"type": "stage", "name": "optimising"})
         loss_sum = torch.zeros((), device=device)
         loss_count = 0
+        skipped_before = 0
         step_seconds = None
         last = time.monotonic()
         while run.step < total:
@@ -210,13 +252,21 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
             loss_count += 1
             step = run.step
             if step % output["progress_every"] == 0 or step == total:
+                skipped = int(run.nonfinite)  # the one host sync, on progress steps only
+                if skipped - skipped_before == loss_count and loss_count >= 5:
+                    raise RunFailed(f"the loss was NaN or infinite for {loss_count} steps in a row "
+                                    f"(up to step {step}); lower guidance.scale or optim.lr, or set "
+                                    f"guidance.grad_clip")
+                good = max(loss_count - (skipped - skipped_before), 1)
+                skipped_before = skipped
                 now = time.monotonic()
                 per_step = (now - last) / loss_count
                 step_seconds = per_step if step_seconds is None else 0.7 * step_seconds + 0.3 * per_step
                 last = now
                 figures = {k: float(v) for k, v in run.last_figures.items()}
                 figures["occupied"] = run.occupancy.fraction
-                emit({"type": "progress", "step": step, "steps": total, "loss": float(loss_sum) / loss_count,
+                figures["skipped_steps"] = skipped
+                emit({"type": "progress", "step": step, "steps": total, "loss": float(loss_sum) / good,
                       "elapsed": round(now - started, 3), "seconds_left": round(step_seconds * (total - step), 1),
                       "figures": figures})
                 loss_sum.zero_()
@@ -231,9 +281,29 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
         emit({"type": "stage", "name": "extracting mesh"})
         mesh = run.extract_mesh()
         artifacts.save_mesh(out / MESH_FILE, mesh)
+        artifacts.save_json(out / STATUS_FILE, {**status, "state": "complete"})
         emit({"type": "done", "out": str(out), "vertices": int(len(mesh["vertices"])),
               "faces": int(len(mesh["faces"])), "threshold": float(mesh["threshold"]),
               "seconds": round(time.monotonic() - started, 2)})
         return out
+    except (JobCancelled, KeyboardInterrupt) as exc:
+        artifacts.save_json(out / STATUS_FILE, {**status, "state": "cancelled",
+                                                "message": str(exc) or "interrupted"})
+        raise
+    except BaseException as exc:
+        if is_out_of_memory(exc):
+            step = run.step if run is not None else 0
+            exc = RunFailed(f"out of GPU memory at step {step}: {OOM_ADVICE}")
+        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            exc = RunFailed(f"the disk holding {out} is full ({exc.filename or 'while writing'}); "
+                            "free space and continue with init.resume from the last checkpoint")
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            artifacts.save_json(out / STATUS_FILE, {**status, "state": "failed", "message": message})
+        except OSError:
+            pass  # the disk may be the problem; mesh.npz is absent either way
+        if isinstance(exc, RunFailed):
+            raise exc from None
+        raise
     finally:
         log.close()
