@@ -28,6 +28,7 @@ from .renderer import Background, render
 MESH_FILE, PREVIEW_FILE, CHECKPOINT_FILE, LOG_FILE, JOB_FILE, STATUS_FILE = (
     "mesh.npz", "preview.png", "checkpoint.pt", "log.jsonl", "job.json", "status.json")
 PREVIEW_RESOLUTION = 128
+PREVIEW_DISTANCE = 1.5  # in bounds sizes: the whole box in frame at 45 degrees, the object large
 LIT_SHADING = (("albedo", 0.25), ("textureless", 0.375), ("lambertian", 0.375))  # threestudio's mix
 
 
@@ -172,7 +173,7 @@ class Run:
         """Front and back, lit from the camera, on white: what the artist checks at a glance."""
         bounds = self.job["bounds"]
         views = fixed_views(bounds["center"], bounds["size"], (0.0, 180.0), 15.0, PREVIEW_RESOLUTION,
-                            device=self.device)
+                            distance=PREVIEW_DISTANCE, device=self.device)
         light = views.c2w[:, :3, 3]
         white = torch.ones(views.size, 3, device=self.device)
         out = render(self.field, views, self.samples, occupancy=self.occupancy, shading="lambertian",
