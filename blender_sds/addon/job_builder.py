@@ -53,6 +53,17 @@ def model_source(prefs) -> str:
     return bpy.path.abspath(model) if model.startswith("//") else model
 
 
+POCKET_MODEL = "pocket"  # the offline demo teacher (no download): prompts like "a red cube"
+
+
+def guidance(prefs) -> dict:
+    """Stable Diffusion from the preferences' model source, or the offline pocket world."""
+    model = model_source(prefs)
+    if model.lower() == POCKET_MODEL:
+        return {"kind": "pocket"}
+    return {"kind": "stable-diffusion", "model": model, "low_vram": prefs.low_vram}
+
+
 def bounds(scene) -> dict:
     s = scene.sds
     ob = s.bounds_object
@@ -116,7 +127,7 @@ def generate_job(context, prefs) -> dict:
                           "then press Generate")
     job = {"version": job_schema.SCHEMA_VERSION, "prompt": s.prompt, "negative_prompt": s.negative_prompt,
            "seed": s.seed, "preset": s.preset.lower(), "bounds": bounds(scene),
-           "guidance": {"kind": "stable-diffusion", "model": model_source(prefs), "low_vram": prefs.low_vram},
+           "guidance": guidance(prefs),
            "cameras": cameras(context, s.camera_source)}
     if s.steps > 0:
         job["steps"] = s.steps
