@@ -5,29 +5,41 @@ there). Framing (`encode`, `decode`, `MessageReader`, `MessageWriter`) works on 
 streams and knows nothing of pipes or sockets, so the same messages can travel over a
 subprocess's stdin/stdout today and over TCP later.
 
-A conversation: each side first sends `hello` with the protocol version it speaks and
-checks the other's (`check_hello`). Then the add-on sends `run` (and maybe `cancel`);
-the worker answers with the engine's events (`stage`, `start`, `progress`, `preview`,
-`checkpoint`, `done`, see engine/run.py), `error`, and a `heartbeat` every few seconds
-so a silent worker can be told from a busy one. Closing the add-on's side (EOF) tells the
-worker to stop and exit. Receivers ignore message types they do not know, so a newer
-peer can add events without breaking an older one; changing a known message's meaning
-needs a new PROTOCOL_VERSION.
+A conversation: each side sends `hello` with the protocol version it speaks and checks
+the other's (`check_hello`); a remote worker (engine/serve.py) waits for the add-on's
+hello, which carries its `token`, before it says anything. Then the add-on sends `run`
+(and maybe `cancel`, `ping`); the worker answers with the engine's events (`stage`,
+`start`, `progress`, `preview`, `checkpoint`, `done`, see engine/run.py), `error`, `pong`,
+and a `heartbeat` every few seconds so a silent worker can be told from a busy one.
+Closing the add-on's side (EOF) tells the worker to stop. Files travel as data, never as
+paths the other side should open: the add-on `upload`s a remote job's inputs, a remote
+worker sends its results back as `file` chunks (base64 in JSON; no pickle on the wire).
+
+Receivers ignore message types they do not know, so a newer peer can add events without
+breaking an older one; changing a known message's meaning needs a new PROTOCOL_VERSION.
+A malformed line is a ProtocolError; a line over the limit is a LineTooLong, after which
+the stream cannot be trusted to be at a line boundary, so the conversation ends.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
+import re
 import threading
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a job with a large rig is tens of kB; anything near this is a fault
+HELLO_MAX_BYTES = 64 * 1024  # what a peer may send before it has said who it is
 HEARTBEAT_SECONDS = 2.0
+CHUNK_BYTES = 1024 * 1024  # raw bytes per upload/file message (base64 makes it 4/3 of that)
 
 ERROR_KINDS = ("bad_input", "failed", "cancelled")
 ROLES = ("addon", "worker")
-ADDON_MESSAGES = ("hello", "run", "cancel")
+ADDON_MESSAGES = ("hello", "run", "cancel", "ping", "upload")
 WORKER_MESSAGES = ("hello", "stage", "start", "progress", "preview", "checkpoint", "done", "error",
-                   "heartbeat")
+                   "heartbeat", "pong", "file")
 
 # Fields a known message must carry, with their JSON types; extra fields are allowed.
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -42,11 +54,19 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "done": {"out": str},
     "error": {"message": str, "kind": str},
     "heartbeat": {},
+    "ping": {},
+    "pong": {},
+    "upload": {"name": str, "offset": int, "data": str},
+    "file": {"name": str, "offset": int, "size": int, "data": str},
 }
 
 
 class ProtocolError(ValueError):
     """A line that is not a well-formed message, or a peer that speaks another version."""
+
+
+class LineTooLong(ProtocolError):
+    """A line over the reader's limit: refused after reading only the limit, never whole."""
 
 
 def check_message(message) -> dict:
@@ -63,13 +83,23 @@ def check_message(message) -> dict:
                                 f"in {_short(message)}")
     if kind == "error" and message["kind"] not in ERROR_KINDS:
         raise ProtocolError(f"'error' message: kind must be one of {ERROR_KINDS}, got {message['kind']!r}")
+    if kind in ("upload", "file") and message["offset"] < 0:
+        raise ProtocolError(f"'{kind}' message: field 'offset' must be >= 0, got {message['offset']}")
     return message
 
 
 def encode(message: dict) -> bytes:
-    """One message as one UTF-8 line ending in a newline."""
+    """One message as one UTF-8 line ending in a newline.
+
+    Never fails on content a peer or the engine produced: a NaN or infinity (a figure of
+    a diverging step) becomes null, a lone surrogate (from a JSON escape) becomes '?'.
+    Only a message over the line limit is an error."""
     check_message(message)
-    line = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite_only(message), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    line = text.encode("utf-8", "replace")
     if len(line) + 1 > MAX_LINE_BYTES:
         raise ProtocolError(f"'{message['type']}' message is {len(line)} bytes, over the "
                             f"{MAX_LINE_BYTES}-byte line limit")
@@ -77,15 +107,32 @@ def encode(message: dict) -> bytes:
 
 
 def decode(line: bytes | str) -> dict:
+    """One line -> a checked message. Strict JSON: NaN/Infinity and absurd nesting are refused."""
     if isinstance(line, str):
-        line = line.encode("utf-8")
+        line = line.encode("utf-8", "replace")
     if len(line) > MAX_LINE_BYTES:
-        raise ProtocolError(f"line of {len(line)} bytes is over the {MAX_LINE_BYTES}-byte limit")
+        raise LineTooLong(f"line of {len(line)} bytes is over the {MAX_LINE_BYTES}-byte limit")
     try:
-        message = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise ProtocolError(f"not a JSON line ({exc}): {_short(line)}") from None
+    except RecursionError:
+        raise ProtocolError(f"not a JSON line (nested too deeply): {_short(line)}") from None
     return check_message(message)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_only(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_only(v) for v in value]
+    return value
 
 
 def _short(value) -> str:
@@ -136,21 +183,92 @@ def heartbeat(**extra) -> dict:
     return {"type": "heartbeat", **extra}
 
 
+def ping(ident: str | int | None = None) -> dict:
+    """Ask for a `pong` carrying the same id: a round trip that proves the peer still answers."""
+    return {"type": "ping"} if ident is None else {"type": "ping", "id": ident}
+
+
+def pong(ping_message: dict) -> dict:
+    ident = ping_message.get("id")
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)) or len(str(ident)) > 64:
+        return {"type": "pong"}
+    return {"type": "pong", "id": ident}
+
+
+# -- files as data ---------------------------------------------------------------------------
+
+# A file name inside a job's folder: relative, '/'-separated parts of letters, digits, '.',
+# '_' and '-', none starting with a dot (so no '..', no hidden files), at most 8 deep.
+_NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+MAX_NAME_DEPTH = 8
+# Data files a remote job may upload. No .py (diffusers could import it), no .bin/.ckpt/.pkl
+# (pickle): a checkpoint is read with weights_only, a model must be safetensors.
+UPLOAD_SUFFIXES = (".json", ".txt", ".safetensors", ".png", ".jpg", ".jpeg", ".pt", ".model")
+# What a remote worker sends back of a finished run, and all the add-on accepts.
+RESULT_FILES = ("mesh.npz", "preview.png", "checkpoint.pt", "log.jsonl", "status.json")
+
+
+def check_name(name, field: str = "name") -> str:
+    """`name` if it can only ever mean a file inside a folder, else ProtocolError saying why."""
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{field}: must be a non-empty relative file name, got {_short(name)}")
+    parts = name.split("/")
+    if name.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", name):
+        raise ProtocolError(f"{field}: {_short(name)} is an absolute path; only names inside the job's "
+                            "folder are accepted")
+    if any(p in ("..", ".") for p in parts) or "\\" in name:
+        raise ProtocolError(f"{field}: {_short(name)} leaves its folder ('..', '.' or '\\' in it)")
+    if len(parts) > MAX_NAME_DEPTH or not all(_NAME_PART.fullmatch(p) for p in parts):
+        raise ProtocolError(f"{field}: {_short(name)} is not a plain file name (letters, digits, '.', '_', "
+                            f"'-' and '/' only, no part starting with '.', at most {MAX_NAME_DEPTH} deep)")
+    return name
+
+
+def chunks(name: str, data_stream, kind: str, size: int | None = None):
+    """`upload` (kind="upload") or `file` messages carrying a binary stream's bytes in order."""
+    offset = 0
+    while True:
+        data = data_stream.read(CHUNK_BYTES)
+        if not data and offset > 0:
+            return
+        message = {"type": kind, "name": name, "offset": offset, "data": base64.b64encode(data).decode("ascii")}
+        if kind == "file":
+            message["size"] = size if size is not None else offset + len(data)
+        yield message
+        offset += len(data)
+        if not data:
+            return
+
+
+def chunk_bytes(message: dict) -> bytes:
+    """The bytes of an `upload` or `file` message; ProtocolError if they are not base64."""
+    try:
+        return base64.b64decode(message["data"].encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise ProtocolError(f"'{message['type']}' message for {_short(message['name'])}: data is not "
+                            "base64") from None
+
+
 # -- streams ---------------------------------------------------------------------------------
 
 class MessageReader:
-    """Messages from a binary stream (a pipe, or a socket's makefile('rb')); None at EOF."""
+    """Messages from a binary stream (a pipe, or a socket's makefile('rb')); None at EOF.
 
-    def __init__(self, stream):
+    Reads at most `max_bytes` + 1 bytes of a line (a bounded readline), so a peer cannot
+    make us buffer an endless line; `max_bytes` may be lowered until the peer is known."""
+
+    def __init__(self, stream, max_bytes: int = MAX_LINE_BYTES):
         self.stream = stream
+        self.max_bytes = max_bytes
 
     def read(self) -> dict | None:
         while True:
-            line = self.stream.readline(MAX_LINE_BYTES + 1)
+            line = self.stream.readline(self.max_bytes + 1)
             if not line:
                 return None
-            if len(line) > MAX_LINE_BYTES:
-                raise ProtocolError(f"line over the {MAX_LINE_BYTES}-byte limit")
+            if len(line) > self.max_bytes:
+                raise LineTooLong(f"line over the {self.max_bytes}-byte limit (refused after reading "
+                                  f"{len(line)} bytes of it)")
             if line.strip():
                 return decode(line)
 

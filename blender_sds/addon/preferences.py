@@ -8,7 +8,7 @@ which depends on the repository the extension was installed into.
 import os
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import paths, worker_env
 from .errors import ArtistError
@@ -24,14 +24,18 @@ class SDS_AddonPreferences(bpy.types.AddonPreferences):
         name="Worker",
         items=[("PYTHON", "Python Interpreter", "Run the engine with a Python that has torch and diffusers"),
                ("MANAGED", "Managed Environment", "Run the engine in an environment this add-on sets up"),
-               ("REMOTE", "Remote Worker", "Connect to a worker on another machine (not supported yet)")],
+               ("REMOTE", "Remote Worker", "Connect to 'python -m blender_sds.engine serve' on another machine")],
         default="PYTHON")
     worker_python: StringProperty(
         name="Worker Python", subtype="FILE_PATH",
         description="A Python interpreter with torch and diffusers installed (e.g. a venv's bin/python)")
-    remote_address: StringProperty(name="Address", description="host:port of a remote worker")
+    remote_address: StringProperty(name="Address", description="host:port of a remote worker, e.g. 127.0.0.1:8765")
     remote_token: StringProperty(name="Token", subtype="PASSWORD",
-                                 description="The secret the remote worker was started with")
+                                 description="The secret the remote worker was started with (its --token-file)")
+    worker_timeout: IntProperty(
+        name="Worker Timeout", min=2, max=3600, default=120, subtype="TIME_ABSOLUTE",
+        description="Seconds without a word (not even a heartbeat) after which a worker is taken for stuck and "
+                    "ended")
     model: StringProperty(
         name="Model", default=DEFAULT_MODEL,
         description="A Hugging Face hub id (org/name), a local diffusers folder, or a single-file checkpoint")
@@ -68,7 +72,9 @@ class SDS_AddonPreferences(bpy.types.AddonPreferences):
         else:
             box.prop(self, "remote_address")
             box.prop(self, "remote_token")
-            box.label(text="Remote workers are not supported yet", icon="ERROR")
+            box.label(text="The token is sent unencrypted: across a network, use an SSH tunnel or a VPN",
+                      icon="INFO")
+        layout.prop(self, "worker_timeout")
         layout.prop(self, "model")
         row = layout.row()
         row.prop(self, "device")
@@ -88,11 +94,22 @@ def device_name(prefs) -> str | None:
     return None if prefs.device == "AUTO" else prefs.device.lower()
 
 
+def remote_address(prefs) -> tuple[str, int]:
+    """(host, port) of the remote worker, or ArtistError saying how to write it."""
+    text = prefs.remote_address.strip()
+    if not text:
+        raise ArtistError("No remote worker address is set: in " + PREFS_PATH + " set Address to host:port of a "
+                          "machine running 'python -m blender_sds.engine serve', or set Worker to Python Interpreter")
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:8765
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ArtistError(f"Remote worker address {text!r} must be host:port, e.g. 192.168.1.20:8765 or "
+                          f"[::1]:8765: fix Address in " + PREFS_PATH)
+    return host, int(port)
+
+
 def worker_python(prefs) -> str:
     """The interpreter that runs the worker, or ArtistError saying how to provide one."""
-    if prefs.worker_mode == "REMOTE":
-        raise ArtistError("Remote workers are not supported yet: in " + PREFS_PATH + " set Worker to "
-                          "Python Interpreter or Managed Environment")
     if prefs.worker_mode == "MANAGED":
         path = worker_env.env_python()
         if not os.path.isfile(path):

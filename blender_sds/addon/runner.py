@@ -4,7 +4,8 @@ Two ways to follow a run, one code path: `execute()` blocks in `Run.wait()` (scr
 background Blender, where timers never fire); `invoke()` registers `_tick` with
 bpy.app.timers, which pumps the same Run a few times a second while Blender stays
 responsive. Only one run at a time; it is killed on unregister and when another file is
-loaded (`stop_all`).
+loaded (`stop_all`). The worker is a local subprocess or, in REMOTE mode, a connection to
+`serve` on another machine (`make_client`); everything after that is the same.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import bpy
 
 from . import importer, paths, preferences
 from .errors import ArtistError
+from .remote_client import RemoteClient
 from .session import Run
 from .worker_client import WorkerClient, WorkerStartError
 
@@ -61,26 +63,42 @@ def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) ->
     if active() is not None:
         raise ArtistError("A run is already going: wait for it to finish or press Cancel")
     prefs = preferences.get(context)
-    python = preferences.worker_python(prefs)
-    if os.path.basename(paths.PACKAGE_DIR) != paths.PACKAGE_NAME:
-        raise ArtistError(f"The add-on folder is named '{os.path.basename(paths.PACKAGE_DIR)}', the worker needs "
-                          f"'{paths.PACKAGE_NAME}': reinstall the add-on from its zip")
+    remote = prefs.worker_mode == "REMOTE"
+    make = _remote_client(prefs) if remote else _local_client(prefs)
     out_dir = new_run_dir(prefs, job.get("prompt", "") or name)
-    client = WorkerClient([python, "-u", "-m", f"{paths.PACKAGE_NAME}.engine", "worker"],
-                          worker_environment(prefs), out_dir, os.path.join(out_dir, "worker.log"))
+    client = make(out_dir)
     meta = {"scene": context.scene.name, "view_layer": context.view_layer.name, "name": name,
             "matrix_world": [list(row) for row in matrix_world] if matrix_world is not None else None,
-            "offline": not bpy.app.online_access and _is_hub_model(job)}
-    run = Run(client, job, base_dir, out_dir, preferences.device_name(prefs), meta)
+            "offline": not remote and not bpy.app.online_access and _is_hub_model(job)}
+    run = Run(client, job, base_dir, out_dir, preferences.device_name(prefs), meta,
+              silence_seconds=float(prefs.worker_timeout))
     try:
         run.start()
     except WorkerStartError as exc:
-        raise ArtistError(f"The worker could not be started ({exc}): check Worker Python in "
+        where = "Address and Token" if remote else "Worker Python"
+        raise ArtistError(f"The worker could not be started ({exc}): check {where} in "
                           + preferences.PREFS_PATH) from None
     _active = run
     s = context.scene.sds
     s.status, s.last_error, s.progress, s.step, s.steps_total, s.seconds_left = "Starting worker", "", 0.0, 0, 0, -1.0
     return run
+
+
+def _local_client(prefs):
+    """A factory for a worker subprocess (checked now, before a run folder is made)."""
+    python = preferences.worker_python(prefs)
+    if os.path.basename(paths.PACKAGE_DIR) != paths.PACKAGE_NAME:
+        raise ArtistError(f"The add-on folder is named '{os.path.basename(paths.PACKAGE_DIR)}', the worker needs "
+                          f"'{paths.PACKAGE_NAME}': reinstall the add-on from its zip")
+    env = worker_environment(prefs)
+    return lambda out_dir: WorkerClient([python, "-u", "-m", f"{paths.PACKAGE_NAME}.engine", "worker"], env,
+                                        out_dir, os.path.join(out_dir, "worker.log"))
+
+
+def _remote_client(prefs):
+    host, port = preferences.remote_address(prefs)
+    token = prefs.remote_token.strip()
+    return lambda out_dir: RemoteClient(host, port, token, out_dir, os.path.join(out_dir, "worker.log"))
 
 
 def _is_hub_model(job: dict) -> bool:
@@ -134,7 +152,13 @@ def finish(run: Run, scene, view_layer):
                                     matrix_world=matrix)
     except ArtistError as exc:
         scene.sds.last_error = str(exc)
+        scene.sds.status = "Failed"
         raise
+    except Exception as exc:  # a result damaged after the run (truncated, half deleted): say so, change nothing
+        message = (f"The result in {run.result_dir} could not be imported ({type(exc).__name__}: {exc}): it was "
+                   "damaged or removed after the run; run the job again")
+        scene.sds.last_error, scene.sds.status = message, "Failed"
+        raise ArtistError(message) from None
     scene.sds.status = f"Done: {ob.name}"
     return ob
 

@@ -3,15 +3,17 @@
 No bpy here. `pump()` is called on the main thread (by the timer in the UI, or in a
 blocking loop by `execute()`); it drains the worker's queue and moves the state along:
 starting -> running -> done | failed | cancelled. Every way a run can end, including a
-worker that dies, hangs or was never a worker, ends in one of those with a message that
-says what to do.
+worker that dies, hangs, was never a worker, speaks another protocol version or writes
+garbage, ends in one of those with a message that says what to do. The client is a local
+subprocess (worker_client.py) or a remote worker (remote_client.py); this file does not
+care which.
 """
 from __future__ import annotations
 
+import queue
 import time
 
 from .. import protocol
-from .worker_client import WorkerClient
 
 HELLO_SECONDS = 60.0  # a Python that has not said hello by then is not a worker
 SILENCE_SECONDS = 120.0  # heartbeats come every protocol.HEARTBEAT_SECONDS; allow long GIL-holding steps
@@ -21,9 +23,10 @@ FINISHED = ("done", "failed", "cancelled")
 
 
 class Run:
-    def __init__(self, client: WorkerClient, job: dict, base_dir: str, out_dir: str,
-                 device: str | None = None, meta: dict | None = None):
+    def __init__(self, client, job: dict, base_dir: str, out_dir: str,
+                 device: str | None = None, meta: dict | None = None, silence_seconds: float = SILENCE_SECONDS):
         self.client = client
+        self.silence_seconds = silence_seconds
         self.job = job
         self.base_dir = base_dir
         self.out_dir = out_dir
@@ -57,11 +60,21 @@ class Run:
     # -- driving ---------------------------------------------------------------------------
     def start(self) -> None:
         self.client.start()
-        self.client.send(protocol.run(self.job, self.base_dir, self.out_dir, self.device))
+        self.client.submit(self.job, self.base_dir, self.out_dir, self.device)
 
-    def pump(self, timeout: float = 0.0) -> bool:
-        """Handle what the worker said; True once the run has finished."""
-        for message in self.client.messages(timeout):
+    def pump(self, timeout: float = 0.0, max_messages: int | None = None) -> bool:
+        """Handle what the worker said (at most `max_messages`); True once the run has finished."""
+        if max_messages is None:
+            messages = self.client.messages(timeout)
+        else:
+            messages = []
+            try:
+                messages.append(self.client.queue.get(timeout=timeout) if timeout else self.client.queue.get_nowait())
+                while len(messages) < max_messages:
+                    messages.append(self.client.queue.get_nowait())
+            except queue.Empty:
+                pass
+        for message in messages:
             if self.finished:
                 break
             self.last_heard = time.monotonic()
@@ -100,14 +113,17 @@ class Run:
             self._worker_exit(msg["code"])
             return
         if kind == "protocol_error":
-            self._fail(f"The worker wrote something that is not a message ({msg['message']}): "
-                       f"check that Worker Python runs this add-on's engine (log: {self.client.log_path})")
+            self._fail(f"The worker wrote something that is not a message ({msg['message']}). {self.client.hint}, "
+                       f"and that it runs this add-on's engine (log: {self.client.log_path})")
             return
         if not self.greeted:
+            if kind == "error":  # refused before it said hello (a remote worker: a wrong token, busy)
+                self._error(msg)
+                return
             try:
                 protocol.check_hello(msg, "worker")
             except protocol.ProtocolError as exc:
-                self._fail(f"The worker did not greet as expected: {exc}")
+                self._fail(f"The worker did not greet as expected: {exc}. {self.client.hint}")
                 return
             self.greeted = True
             self.stage = "waiting for the engine"
@@ -131,7 +147,11 @@ class Run:
         elif kind == "done":
             self.result_dir = msg["out"]
             self.step = self.steps or self.step
-            self._end("done", "")
+            if self.cancel_asked_at is not None:  # it finished before the cancel reached it
+                self._end("cancelled", f"Cancelled (the run had already finished: its result is kept in "
+                                       f"{msg['out']}; Import Result brings it in)")
+            else:
+                self._end("done", "")
         elif kind == "error":
             self._error(msg)
         # heartbeat, and types a newer worker may add: nothing to do but note we heard it
@@ -145,32 +165,28 @@ class Run:
         else:
             self._fail(f"The worker failed: {text} (details: {self.client.log_path})")
 
-    def _worker_exit(self, code: int) -> None:
+    def _worker_exit(self, code) -> None:
         if self.finished:
             return
         if self.cancel_asked_at is not None:
             self._end("cancelled", "Cancelled")
             return
-        tail = self.client.log_tail()
-        said = f": {tail}" if tail else ""
-        if not self.greeted:
-            self._fail(f"The worker exited at once (exit code {code}) before answering{said}. Check Worker Python "
-                       "in the add-on preferences: it must be a Python with torch and diffusers installed "
-                       f"(full log: {self.client.log_path})")
-        else:
-            self._fail(f"The worker stopped unexpectedly (exit code {code}){said}. It may have run out of "
-                       f"memory: try Low VRAM mode or the draft preset (full log: {self.client.log_path})")
+        self._fail(self.client.describe_exit(code, self.greeted))
 
     def _check_clock(self) -> None:
         now = time.monotonic()
         if self.cancel_asked_at is not None and now - self.cancel_asked_at > CANCEL_SECONDS:
+            self.client.kill()
             self._end("cancelled", "Cancelled (the worker did not stop by itself and was ended)")
         elif not self.greeted and now - self.started_at > HELLO_SECONDS:
-            self._fail(f"The worker did not answer within {HELLO_SECONDS:.0f} s. Check Worker Python in the add-on "
-                       f"preferences (log: {self.client.log_path})")
-        elif now - self.last_heard > SILENCE_SECONDS:
-            self._fail(f"The worker stopped answering for {SILENCE_SECONDS:.0f} s and was ended "
+            self.client.kill()
+            self._fail(f"The worker did not answer within {HELLO_SECONDS:.0f} s. {self.client.hint} "
                        f"(log: {self.client.log_path})")
+        elif now - self.last_heard > self.silence_seconds:
+            self.client.kill()  # it cannot hear a polite hang-up: end it now
+            self._fail(f"The worker sent nothing for {self.silence_seconds:.0f} s (not even a heartbeat) and was "
+                       f"ended: it may be stuck, or its machine overloaded; Worker Timeout in the add-on preferences "
+                       f"sets how long to wait (log: {self.client.log_path})")
 
     def _fail(self, message: str) -> None:
         self._end("failed", message)

@@ -6,6 +6,9 @@ the UI, a blocking loop in `execute()`). Besides the protocol's messages the que
 carries two local ones that never travel on the wire:
   {"type": "protocol_error", "message": ...}   the worker wrote something that is not a message
   {"type": "worker_exit", "code": rc}           the worker's stdout closed; it has exited
+
+remote_client.RemoteClient is the same client over TCP; session.Run drives either through
+start/submit/send/messages/stop and words its reports with `hint` and `describe_exit`.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ class WorkerStartError(RuntimeError):
 
 
 class WorkerClient:
+    hint = ("Check Worker Python in the add-on preferences: it must be a Python with torch and diffusers "
+            "installed")
+
     def __init__(self, argv: list[str], env: dict, cwd: str, log_path: str):
         self.argv = argv
         self.env = env
@@ -46,6 +52,19 @@ class WorkerClient:
         self._reader = threading.Thread(target=self._read, name="sds-worker-reader", daemon=True)
         self._reader.start()
         self.send(protocol.hello("addon", pid=os.getpid()))
+
+    def submit(self, job: dict, base_dir: str, out_dir: str, device: str | None) -> None:
+        """Send the run: a local worker reads the job's files where they are."""
+        self.send(protocol.run(job, base_dir, out_dir, device))
+
+    def describe_exit(self, code, greeted: bool) -> str:
+        tail = self.log_tail()
+        said = f": {tail}" if tail else ""
+        if not greeted:
+            return (f"The worker exited at once (exit code {code}) before answering{said}. {self.hint} "
+                    f"(full log: {self.log_path})")
+        return (f"The worker stopped unexpectedly (exit code {code}){said}. It may have run out of memory: try "
+                f"Low VRAM mode or the draft preset (full log: {self.log_path})")
 
     def _read(self) -> None:
         reader = protocol.MessageReader(self.proc.stdout)

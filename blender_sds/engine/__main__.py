@@ -106,6 +106,11 @@ def cmd_worker(args) -> int:
     return main() or 0
 
 
+def cmd_serve(args) -> int:
+    from . import serve
+    return serve.main(args)
+
+
 def cmd_bench(args, rest: list[str]) -> int:
     try:
         module = importlib.import_module(f"blender_sds.engine.bench_{args.name}")
@@ -128,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="bar on a terminal, JSON lines when piped (default)")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("worker", help="speak the add-on protocol over stdin/stdout")
+    from .serve import add_arguments as serve_arguments
+    serve_arguments(sub.add_parser("serve", help="speak the add-on protocol over TCP (a remote worker)",
+                                   allow_abbrev=False))  # "--token SECRET" must not pass for --token-file
     bench = sub.add_parser("bench", help="print figures: bench quality|speed|mesh [--json]")
     bench.add_argument("name")
     args, rest = parser.parse_known_args(argv)
@@ -138,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         return cmd_worker(args)
     except Exception:
         if args.debug:

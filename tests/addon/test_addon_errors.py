@@ -14,7 +14,7 @@ EXPECTED = {
     "worker_empty": ["No Worker Python is set", "Managed Environment"],
     "worker_exits": ["exited at once", "exit code 3", "fatal: this is not a worker", "torch"],
     "worker_without_torch": ["cannot load the engine", "torch"],
-    "remote": ["not supported yet", "Python Interpreter"],
+    "remote": ["No remote worker address is set", "Python Interpreter"],
     "bad_overrides_json": ["Job Overrides is not valid JSON"],
     "bad_override_value": ["render.resolution", "Job Overrides"],
     "import_not_a_result": ["No mesh.npz", "finished result folder"],
