@@ -45,8 +45,10 @@ def brute_force_eps(z_t, alpha_bar, data, background, keep=None):
     """eps_hat by the book, one image at a time in float64."""
     x = composites(data, background)
     keep = range(len(data)) if keep is None else [i for i in range(len(data)) if keep[i]]
-    logits = torch.stack([-((z_t - alpha_bar.sqrt() * x[i]) ** 2).sum() / (2 * (1 - alpha_bar)) for i in keep])
-    weights = torch.softmax(logits, 0)
+    prior = data.log_prior.double().exp()
+    likelihood = torch.stack([torch.exp(-((z_t - alpha_bar.sqrt() * x[i]) ** 2).sum() / (2 * (1 - alpha_bar)))
+                              for i in keep])
+    weights = prior[list(keep)] * likelihood / (prior[list(keep)] * likelihood).sum()
     x0 = sum(w * x[i] for w, i in zip(weights, keep))
     return (z_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
 
@@ -89,12 +91,12 @@ def test_float32_runs_agree_with_float64(teacher):
 
 def test_at_tiny_t_it_returns_the_nearest_data_image(teacher):
     background = torch.tensor([0.3, 0.3, 0.8])
-    x = composites(teacher.uncond, background)
+    x = composites(teacher.cond, background)
     g = torch.Generator().manual_seed(2)
     a = scaled_linear_alphas_cumprod()[1].double()
     for j in (0, 17, len(x) - 1):
         noisy = a.sqrt() * x[j] + (1 - a).sqrt() * torch.randn(x[j].shape, generator=g, dtype=torch.float64)
-        x0 = posterior_mean(noisy[None], a[None], teacher.uncond, background[None].double())[0]
+        x0 = posterior_mean(noisy[None], a[None], teacher.cond, background[None].double())[0]
         nearest = int(((x - noisy[None] / a.sqrt()) ** 2).flatten(1).sum(1).argmin())
         assert torch.allclose(x0, x[nearest], atol=1e-6)
         eps = epsilon(noisy[None], x0[None], a[None])[0]
@@ -104,13 +106,31 @@ def test_at_tiny_t_it_returns_the_nearest_data_image(teacher):
 def test_at_large_t_it_tends_to_the_data_mean(teacher):
     background = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
     x = composites(teacher.uncond, background[0])
-    mean = x.mean(0)
+    prior = teacher.uncond.log_prior.double().exp()
+    mean = (prior[:, None, None, None] * x).sum(0) / prior.sum()
     z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     gaps = []
     for a in (1e-2, 1e-4, 1e-8):
         x0 = posterior_mean(z, torch.tensor([a], dtype=torch.float64), teacher.uncond, background)[0]
         gaps.append(float((x0 - mean).abs().max()))
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-3
+
+
+def test_unconditional_data_are_the_whole_world_with_the_prompts_own_views(teacher):
+    uncond, cond = teacher.uncond, teacher.cond
+    own = world.PROMPTS.index("a red cube")
+    assert set(uncond.obj.tolist()) == set(range(len(world.PROMPTS)))
+    assert torch.equal(uncond.colour[uncond.obj == own], cond.colour)  # the very same renders
+    assert (uncond.obj != own).sum() == 2 * (len(world.PROMPTS) - 1)
+    mass = torch.zeros(len(world.PROMPTS)).index_add(0, uncond.obj, uncond.log_prior.exp())
+    assert torch.allclose(mass, torch.ones(len(world.PROMPTS)))  # every object weighs the same
+    # Where a render is one of the prompt's own views, both denoisers agree: CFG adds nothing.
+    background = torch.ones(1, 3, dtype=torch.float64)
+    views = views_for([float(cond.azimuth[3])], [float(cond.elevation[3])], background)
+    a = teacher.alphas_cumprod[torch.tensor([30])].double()
+    z = a.sqrt() * composites(cond, background[0])[3:4]
+    eps_c, eps_u = teacher.predict_noise(z, torch.tensor([30]), views)
+    assert torch.allclose(eps_c, eps_u, atol=1e-6)
 
 
 def test_view_dependent_data_follow_the_judged_cameras_direction(teacher):

@@ -19,7 +19,7 @@ from .cameras import random_orbits
 
 ALBEDO_FRACTION = 0.25  # share of flat-albedo views (the engine renders albedo this often)
 COND_VIEWS = 384  # views of the prompt's object
-WORLD_VIEWS_PER_OBJECT = 48  # views of every object, for the unconditional set
+WORLD_VIEWS_PER_OBJECT = 48  # views of every other object, for the unconditional set
 REFERENCE_SIZE = 64  # the sizes above are for this resolution; larger images get fewer views
 
 
@@ -36,12 +36,14 @@ class ViewSet:
     colour_sq: torch.Tensor  # (N,) |P_i|^2
     colour_alpha: torch.Tensor  # (N,3) P_ic . A_i per channel
     alpha_sq: torch.Tensor  # (N,) |A_i|^2
+    obj: torch.Tensor  # (N,) long, index of the view's object in world.PROMPTS
+    log_prior: torch.Tensor  # (N,) log weight of each view in the data distribution (up to a constant)
 
     def __len__(self) -> int:
         return int(self.colour.shape[0])
 
     @staticmethod
-    def from_rgba(rgba: torch.Tensor, azimuth: torch.Tensor, elevation: torch.Tensor) -> "ViewSet":
+    def from_rgba(rgba: torch.Tensor, azimuth: torch.Tensor, elevation: torch.Tensor, obj: int) -> "ViewSet":
         n, _, h, w = rgba.shape
         colour = rgba[:, :3].reshape(n, 3 * h * w).float().contiguous()
         alpha = rgba[:, 3].reshape(n, h * w).float().contiguous()
@@ -50,7 +52,17 @@ class ViewSet:
                        direction=direction_index(azimuth.float(), elevation.float()), size=h,
                        colour_sq=(colour.double() ** 2).sum(-1).float(),
                        colour_alpha=(per_channel.double() * alpha.double()[:, None]).sum(-1).float(),
-                       alpha_sq=(alpha.double() ** 2).sum(-1).float())
+                       alpha_sq=(alpha.double() ** 2).sum(-1).float(),
+                       obj=torch.full((n,), obj, dtype=torch.long), log_prior=torch.zeros(n))
+
+    def select(self, keep: torch.Tensor) -> "ViewSet":
+        return ViewSet(**{k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
+
+    def with_equal_object_prior(self) -> "ViewSet":
+        """Every object gets the same total weight, however many views of it the set holds."""
+        counts = torch.bincount(self.obj, minlength=int(self.obj.max()) + 1).float()
+        moved = dict(self.__dict__, log_prior=-counts[self.obj].log())
+        return ViewSet(**moved)
 
     def to(self, device) -> "ViewSet":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -89,7 +101,7 @@ def render_views(prompt: str, size: int, count: int, seed: int = 0, supersample:
     flat = torch.rand(count, generator=g) < ALBEDO_FRACTION
     shading = ["albedo" if f else "lambertian" for f in flat.tolist()]
     rgba = world.render(shape, world.COLOURS[colour], orbit, size, shading, lights, supersample)
-    return ViewSet.from_rgba(rgba, orbit.azimuth, orbit.elevation)
+    return ViewSet.from_rgba(rgba, orbit.azimuth, orbit.elevation, world.PROMPTS.index(world.prompt_for(colour, shape)))
 
 
 @lru_cache(maxsize=2)
@@ -97,3 +109,14 @@ def world_views(size: int, per_object: int = WORLD_VIEWS_PER_OBJECT, seed: int =
     """`per_object` views of every object of the world: the unconditional data."""
     return ViewSet.concat([render_views(p, size, per_object, _seed("world", seed), supersample)
                            for p in world.PROMPTS])
+
+
+def unconditional_views(cond: ViewSet, world_set: ViewSet) -> ViewSet:
+    """The whole world with the prompt's own views taken from `cond`: p(x) is the mixture of every p(x|y).
+
+    Sharing the prompt's views means that where a render already looks like the prompt's
+    data both denoisers pick the same image and CFG has nothing to amplify; the object
+    prior keeps the prompt's larger share of views from outweighing the rest of the world.
+    """
+    others = world_set.select(~torch.isin(world_set.obj, cond.obj.unique()))
+    return ViewSet.concat([cond, others]).with_equal_object_prior()

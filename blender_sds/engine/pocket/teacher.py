@@ -6,8 +6,8 @@ optimal denoiser is the posterior mean
 and eps_hat = (z_t - sqrt(a) x0_hat) / sqrt(1 - a). It is a real diffusion model of that
 data that needs no training and, like SDS's 2D judge, sees only flat images, never their
 cameras. The conditional data are renders of the prompt's object (by view direction when
-prompting is view-dependent); the unconditional data span the whole world, or are the
-negative prompt's object. Noise, timesteps, weighting and CFG are ScoreDistillation's.
+prompting is view-dependent); the unconditional data span the whole world (the prompt's
+own renders among them), or are the negative prompt's object. Noise, timesteps, weighting and CFG are ScoreDistillation's.
 
 Data are premultiplied, so compositing onto each judged image's background is folded into
 the distance algebra: with x_i = Q_i + k, Q_i = 2 P_i - 2 A_i bg, k = 2 bg - 1,
@@ -39,7 +39,8 @@ def posterior_mean(z_t: torch.Tensor, alpha_bar: torch.Tensor, data: ViewSet, ba
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """x0_hat (B,3,H,W) in [-1,1] of noisy samples z_t given data composited on `background` (B,3) sRGB.
 
-    `alpha_bar` is (B,); `mask` (B,N) bool keeps, per sample, the data it may use (None: all).
+    `alpha_bar` is (B,); `mask` (B,N) bool keeps, per sample, the data it may use (None: all);
+    each datum weighs in with its `log_prior` (a mixture of objects with equal weights).
     Computed in z_t's dtype (float64 in tests, float32 in runs), with a log-sum-exp softmax.
     """
     b = z_t.shape[0]
@@ -56,6 +57,7 @@ def posterior_mean(z_t: torch.Tensor, alpha_bar: torch.Tensor, data: ViewSet, ba
     q_sq = (4 * data.colour_sq.to(dtype)[None] - 8 * bg @ data.colour_alpha.to(dtype).T
             + 4 * (bg**2).sum(-1, keepdim=True) * data.alpha_sq.to(dtype)[None])
     logits = (2 * s * y_dot_q - s**2 * q_sq) / (2 * (1 - s**2))  # -|y - s Q|^2 / 2(1-a) + const
+    logits = logits + data.log_prior.to(dtype)[None]
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(logits, dim=-1)  # subtracts the max: the log-sum-exp form
@@ -97,7 +99,8 @@ class PocketGuidance(ScoreDistillation):
             self.uncond = dataset.object_views(world.prompt_for(neg_colour, neg_shape), r, cond_views, 1,
                                                supersample).to(self.device)
         else:
-            self.uncond = dataset.world_views(r, world_views, 0, supersample).to(self.device)
+            self.uncond = dataset.unconditional_views(self.cond, dataset.world_views(r, world_views, 0, supersample)
+                                                      .to(self.device))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.resolution, self.resolution):
