@@ -183,3 +183,20 @@ def test_phase_probe_leaves_the_run_as_it_found_it(tiny_run):
     assert tiny_run.guidance is guidance and "forward" not in vars(tiny_run.field)
     assert type(tiny_run.field).forward is forward and "encode" not in vars(guidance)
     assert not tiny_run.optimizer._optimizer_step_pre_hooks
+
+
+def test_big_calls_recompute_corners_in_chunks_with_the_same_gradient():
+    torch.manual_seed(0)
+    field = Field([0.0, 0.0, 0.0], 2.0, FieldConfig.for_preset("draft"))
+    field.encoding.recompute_chunk = 777  # uneven chunks
+    points = torch.rand(3000, 3) * 2 - 1
+    results = []
+    for above in (10**9, 0):  # corners kept, corners recomputed
+        field.encoding.recompute_above = above
+        field.zero_grad()
+        density, albedo = field(points)
+        normals = field.normals(points)
+        (density.sum() + albedo.sum() + normals.sum()).backward()
+        results.append((field.encoding.table.grad.clone(), density.detach(), albedo.detach(), normals.detach()))
+    assert all(torch.equal(kept, recomputed) for kept, recomputed in zip(*results))
+    assert results[0][0].abs().sum() > 0

@@ -22,40 +22,64 @@ PRIMES = (1, 2654435761, 805459861)
 # Points per field query when nothing needs gradients (previews, occupancy, meshing): the
 # encoding's working set is ~2 KB a point, so an unchunked 2-view preview took gigabytes.
 NO_GRAD_CHUNK = 1 << 17
+# Points per call above which the encoding keeps only positions and works in chunks of
+# NO_GRAD_CHUNK (standard-preset calls stay below it and keep the faster path).
+RECOMPUTE_ABOVE = 1 << 19
 
 
-class _Gather(torch.autograd.Function):
-    """Trilinear gather from the table whose backward is one index_add_.
+class _Encode(torch.autograd.Function):
+    """Trilinear hash-grid lookup whose backward is one index_add_ into the table.
 
     The forward is one fused weighted gather (embedding_bag: 2-3x faster on the CPU than
     gather, multiply and sum, and one kernel instead of three on a GPU). Autograd's
-    embedding backward is several times slower on the CPU, and neither the indices nor
-    the interpolation weights need gradients (normals use finite differences), so only
-    the table's gradient is formed.
+    embedding backward is several times slower on the CPU, and neither the positions
+    nor the interpolation weights need gradients (normals use finite differences), so
+    only the table's gradient is formed.
+
+    Corner indices and weights take ~1.5 KB a point (16 levels) and their working set
+    twice that; for big calls (the high preset's lit steps pass millions of points) only
+    the positions are kept, and forward and backward go chunk by chunk, recomputing the
+    corners: the same gradient bit for bit, a bounded working set, ~1.5x the field time.
     """
 
     @staticmethod
-    def forward(ctx, table, index, weights):  # index, weights: (N, L, 8) -> (N, L, F)
-        ctx.save_for_backward(index, weights)
-        ctx.rows = table.shape[0]
-        corners = index.shape[-1]
-        out = F.embedding_bag(index.reshape(-1, corners), table, mode="sum",
-                              per_sample_weights=weights.reshape(-1, corners).to(table.dtype))
-        return out.view(*index.shape[:-1], table.shape[1])
+    def forward(ctx, table, x, grid):  # x: (N,3) in [0,1] -> (N, L, F)
+        ctx.grid, ctx.rows = grid, table.shape[0]
+        ctx.recompute = x.shape[0] > grid.recompute_above
+        if not ctx.recompute:
+            index, weights = grid.corners(x)
+            ctx.save_for_backward(index, weights)
+            return _weighted_gather(table, index, weights)
+        ctx.save_for_backward(x)
+        out = torch.empty(x.shape[0], grid.levels, table.shape[1], dtype=table.dtype, device=x.device)
+        for start in range(0, x.shape[0], grid.recompute_chunk):
+            part = x[start:start + grid.recompute_chunk]
+            out[start:start + len(part)] = _weighted_gather(table, *grid.corners(part))
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        index, weights = ctx.saved_tensors
-        contrib = (weights.unsqueeze(-1) * grad_out.unsqueeze(2)).reshape(-1, grad_out.shape[-1])
         grad = torch.zeros(ctx.rows, grad_out.shape[-1], dtype=grad_out.dtype, device=grad_out.device)
-        grad.index_add_(0, index.reshape(-1), contrib)
+        if not ctx.recompute:
+            _scatter_grad(grad, *ctx.saved_tensors, grad_out)
+            return grad, None, None
+        (x,) = ctx.saved_tensors
+        step = ctx.grid.recompute_chunk
+        for start in range(0, x.shape[0], step):
+            _scatter_grad(grad, *ctx.grid.corners(x[start:start + step]), grad_out[start:start + step])
         return grad, None, None
 
 
-def trilinear_weights(frac: torch.Tensor) -> torch.Tensor:
-    """(N,3) cell fractions -> (N,8) corner weights, corners ordered x-major as in HashGrid.corners."""
-    wx, wy, wz = (torch.stack([1 - frac[:, i], frac[:, i]], -1) for i in range(3))
-    return (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :]).reshape(-1, 8)
+def _weighted_gather(table, index, weights):
+    n, levels, corners = index.shape
+    out = F.embedding_bag(index.view(-1, corners), table, mode="sum",
+                          per_sample_weights=weights.view(-1, corners).to(table.dtype))
+    return out.view(n, levels, table.shape[1])
+
+
+def _scatter_grad(grad, index, weights, grad_out):
+    contrib = (weights.unsqueeze(-1) * grad_out.unsqueeze(2)).reshape(-1, grad_out.shape[-1])
+    grad.index_add_(0, index.reshape(-1), contrib)
 
 
 @dataclass
@@ -118,15 +142,20 @@ class HashGrid(nn.Module):
         self.register_buffer("level_offsets", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
         self.register_buffer("corner_steps", torch.tensor([0, 1]), persistent=False)
         self.runs = _runs(dense)
+        self.recompute_above = RECOMPUTE_ABOVE
+        self.recompute_chunk = NO_GRAD_CHUNK
 
     @property
     def out_dim(self) -> int:
         return self.levels * self.features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """All levels at once: a fixed, small number of tensor ops whatever the level count
+    def corners(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table rows and trilinear weights of every point's 8 cell corners at every level, (N,L,8) each.
+
+        All levels at once: a fixed, small number of tensor ops whatever the level count
         (a per-level loop costs ~20 kernel launches a level on a GPU, and on the CPU it
-        walked the memory several times more)."""
+        walked the memory several times more). Corners are ordered x-major (z fastest).
+        """
         n, levels = x.shape[0], self.levels
         scaled = x.clamp(0.0, 1.0).unsqueeze(1) * self.level_scale.view(1, -1, 1)  # (N,L,3)
         base = torch.minimum(scaled.floor().long(), self.level_last.view(1, -1, 1))
@@ -135,7 +164,7 @@ class HashGrid(nn.Module):
         terms = (base.unsqueeze(-1) + self.corner_steps) * self.level_multipliers.view(1, levels, 3, 1)
         terms = torch.bitwise_and(terms, self.table_size - 1)
         tx, ty, tz = terms[:, :, 0, :, None, None], terms[:, :, 1, None, :, None], terms[:, :, 2, None, None, :]
-        index = torch.empty(n, levels, 2, 2, 2, dtype=torch.long, device=x.device)  # corners x-major
+        index = torch.empty(n, levels, 2, 2, 2, dtype=torch.long, device=x.device)
         offsets = self.level_offsets.view(1, -1, 1, 1, 1)
         for start, stop, dense in self.runs:
             part, at = index[:, start:stop], slice(start, stop)
@@ -146,9 +175,11 @@ class HashGrid(nn.Module):
                 part += offsets[:, at]
         w = torch.stack([1 - frac, frac], -1)  # (N,L,3,2)
         weights = w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]
+        return index.view(n, levels, 8), weights.view(n, levels, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One gather and one scatter for all levels: the table's gradient is zeroed once.
-        out = _Gather.apply(self.table, index.view(n, levels, 8), weights.view(n, levels, 8))
-        return out.reshape(n, -1)
+        return _Encode.apply(self.table, x.detach(), self).reshape(x.shape[0], -1)
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int, bool]]:
