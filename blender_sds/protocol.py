@@ -118,7 +118,10 @@ def decode(line: bytes | str) -> dict:
         raise ProtocolError(f"not a JSON line ({exc}): {_short(line)}") from None
     except RecursionError:
         raise ProtocolError(f"not a JSON line (nested too deeply): {_short(line)}") from None
-    return check_message(message)
+    try:
+        return check_message(message)
+    except RecursionError:
+        raise ProtocolError("a message nested too deeply") from None
 
 
 def _no_constant(name: str):
@@ -136,7 +139,10 @@ def _finite_only(value):
 
 
 def _short(value) -> str:
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value)
+    try:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value)
+    except RecursionError:
+        return "<nested too deeply to show>"
     text = text.strip()
     return text if len(text) <= 200 else text[:197] + "..."
 

@@ -5,8 +5,8 @@ reference views, model folders) mean nothing here and must not reach the disk. A
 job names only hub ids, or files the client uploaded into the job's folder; the worker
 makes every folder itself, under the root it was started with:
 
-    ROOT/jobs/<utc time>-<random>/inputs/...   what the client uploaded (names checked)
-    ROOT/jobs/<utc time>-<random>/out/...      what the engine writes
+    ROOT/jobs/<utc time, µs>-<random>/inputs/...   what the client uploaded (names checked)
+    ROOT/jobs/<utc time, µs>-<random>/out/...      what the engine writes
 
 and sends results back as data (`file` messages). Uploads are data files only (no code,
 no pickle: a checkpoint is read with weights_only, a model must be safetensors), within
@@ -32,7 +32,7 @@ from .worker import Refused
 # job.json is not among the result files sent back: the client knows its own paths, we do not.
 UPLOAD_SUFFIXES, RESULT_FILES = protocol.UPLOAD_SUFFIXES, protocol.RESULT_FILES
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-_JOB_FOLDER = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
+_JOB_FOLDER = re.compile(r"\d{8}-\d{12}-[0-9a-f]{8}")
 _LIBRARIES = ("diffusers", "transformers")
 
 
@@ -112,7 +112,9 @@ class SandboxWorkspace:
     def _job_folder(self) -> Path:
         if self.folder is None:
             self.jobs.mkdir(parents=True, exist_ok=True, mode=0o700)
-            name = time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(4)
+            now = time.time_ns()
+            name = (time.strftime("%Y%m%d-%H%M%S", time.gmtime(now // 10**9)) + f"{now // 1000 % 10**6:06d}-"
+                    + secrets.token_hex(4))  # sorts by time, to the microsecond
             folder = self.jobs / name
             (folder / "inputs").mkdir(parents=True, mode=0o700)
             (folder / "out").mkdir(mode=0o700)

@@ -126,7 +126,12 @@ class Worker:
                     continue
                 if message is None:
                     break
-                self._dispatch(message)
+                try:
+                    self._dispatch(message)
+                except Exception as exc:  # a bug here must cost one answer, not the conversation
+                    traceback.print_exc()
+                    self.send(protocol.error(f"internal error on a '{message['type'][:40]}' message: "
+                                             f"{type(exc).__name__}: {_first_line(exc)[:300]}", "failed"))
         except protocol.ProtocolError as exc:
             code = "too_large" if isinstance(exc, protocol.LineTooLong) else "bad_hello"
             self.send(protocol.error(f"protocol: {exc}", "failed", code=code))
