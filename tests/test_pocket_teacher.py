@@ -5,7 +5,9 @@ import torch
 from blender_sds.engine.guidance import build_guidance
 from blender_sds.engine.guidance.prompts import direction_index
 from blender_sds.engine.pocket import dataset, world
-from blender_sds.engine.pocket.teacher import PocketGuidance, epsilon, posterior_mean, scaled_linear_alphas_cumprod
+from blender_sds.engine.pocket.cameras import fixed_orbits
+from blender_sds.engine.pocket.teacher import (FRAMING_MINIMUM, FRAMING_WIDTH, PocketGuidance, epsilon,
+                                               posterior_mean, scaled_linear_alphas_cumprod)
 from blender_sds.engine.views import ViewBatch
 from blender_sds.job import validate_job
 
@@ -27,11 +29,18 @@ def teacher():
     return PocketGuidance(tiny_job(), "cpu", cond_views=24, world_views=2)
 
 
-def views_for(azimuth, elevation, background=None):
-    b = len(azimuth)
-    return ViewBatch(c2w=torch.eye(4).repeat(b, 1, 1), fx=torch.ones(b), fy=torch.ones(b), cx=torch.ones(b),
-                     cy=torch.ones(b), width=SIZE, height=SIZE, azimuth=torch.tensor(azimuth, dtype=torch.float32),
-                     elevation=torch.tensor(elevation, dtype=torch.float32), background=background)
+def views_for(azimuth, elevation, background=None, distance=1.75, fovy=55.0, bounds_size=2.0):
+    """Engine-style cameras (world units, default bounds) at the given angles, distances and fields of view."""
+    orbit = fixed_orbits(azimuth, elevation, 1.0, 50.0)
+    b = len(orbit)
+    orbit.eye *= torch.as_tensor(distance, dtype=torch.float64).expand(b)[:, None]
+    orbit.fovy = torch.as_tensor(fovy, dtype=torch.float64).expand(b).clone()
+    c2w = orbit.c2w().float()
+    c2w[:, :3, 3] *= bounds_size
+    f = orbit.focal(SIZE).float()
+    half = torch.full((b,), SIZE / 2)
+    return ViewBatch(c2w=c2w, fx=f, fy=f.clone(), cx=half, cy=half.clone(), width=SIZE, height=SIZE,
+                     azimuth=orbit.azimuth.float(), elevation=orbit.elevation.float(), background=background)
 
 
 def composites(data: dataset.ViewSet, background: torch.Tensor) -> torch.Tensor:
@@ -73,7 +82,7 @@ def test_noise_prediction_equals_the_brute_force_posterior_mean(teacher):
     mask = teacher.cond_mask(views)
     for b in range(3):
         want_c = brute_force_eps(z[b], a[b], teacher.cond, background[b], mask[b])
-        want_u = brute_force_eps(z[b], a[b], teacher.uncond, background[b])
+        want_u = brute_force_eps(z[b], a[b], teacher.uncond, background[b], teacher.uncond_mask(views)[b])
         assert torch.allclose(eps_cond[b], want_c, atol=1e-6), b
         assert torch.allclose(eps_uncond[b], want_u, atol=1e-6), b
 
@@ -135,14 +144,35 @@ def test_unconditional_data_are_the_whole_world_with_the_prompts_own_views(teach
 
 def test_view_dependent_data_follow_the_judged_cameras_direction(teacher):
     views = views_for([0.0, 180.0, 90.0, 0.0], [10.0, 10.0, 10.0, 80.0])
-    mask = teacher.cond_mask(views)
+    mask = teacher.direction_mask(views)
     data_direction = teacher.cond.direction
     assert torch.equal(data_direction, direction_index(teacher.cond.azimuth, teacher.cond.elevation))
     for b, bucket in enumerate((1, 2, 0)):  # front, back, side
         assert mask[b].any() and torch.equal(mask[b], data_direction == bucket)
     assert mask[3].all()  # no overhead data in the default elevation range: every view may answer
+    assert not (teacher.cond_mask(views) & ~mask).any()  # framing only narrows it further
     flat = PocketGuidance(tiny_job(guidance={"view_dependent": False}), "cpu", cond_views=24, world_views=2)
-    assert flat.cond_mask(views) is None
+    assert flat.direction_mask(views).all()
+
+
+def test_data_answer_only_images_framed_like_theirs(teacher):
+    # The teacher is told how big the bounds look (a camera condition shared by both
+    # branches), so an object's apparent size says something about its real size.
+    views = views_for([30.0, 30.0], [10.0, 10.0], distance=[1.9, 1.5], fovy=[68.0, 42.0])
+    judged = teacher.judged_framing(views)
+    expected = torch.log(0.5 / torch.tan(torch.deg2rad(torch.tensor([34.0, 21.0]))) / torch.tensor([1.9, 1.5]))
+    assert torch.allclose(judged, expected, atol=1e-5)
+    for mask, data, minimum, allowed in ((teacher.cond_mask(views), teacher.cond, FRAMING_MINIMUM[0],
+                                          teacher.direction_mask(views)),
+                                         (teacher.uncond_mask(views), teacher.uncond, FRAMING_MINIMUM[1],
+                                          torch.ones(2, len(teacher.uncond), dtype=torch.bool))):
+        for b in range(2):
+            gap = (data.framing - judged[b]).abs()
+            kept, dropped = gap[mask[b]], gap[allowed[b] & ~mask[b]]
+            assert len(kept) >= min(minimum, int(allowed[b].sum()))
+            assert kept.max() <= FRAMING_WIDTH or len(kept) == min(minimum, int(allowed[b].sum()))  # or the nearest few
+            assert len(dropped) == 0 or dropped.min() >= kept.max()
+    assert not torch.equal(teacher.uncond_mask(views)[0], teacher.uncond_mask(views)[1])
 
 
 def test_conditional_pulls_towards_the_prompt_unconditional_towards_the_world(teacher):

@@ -52,14 +52,25 @@ def test_orbit_follows_the_job_contract():
 
 
 def test_random_orbits_stay_in_the_default_ranges_and_cover_every_azimuth():
-    orbit = random_orbits(400, seed=3)
-    assert orbit.elevation.min() >= -10 and orbit.elevation.max() <= 45
-    assert orbit.distance.min() >= 1.5 and orbit.distance.max() <= 2.0
+    orbit = random_orbits(400, seed=3, jitter=False)
+    assert orbit.elevation.min() >= -10 - 1e-9 and orbit.elevation.max() <= 45 + 1e-9
+    assert orbit.distance.min() >= 1.5 - 1e-9 and orbit.distance.max() <= 2.0 + 1e-9
     assert orbit.fovy.min() >= 40 and orbit.fovy.max() <= 70
     counts = torch.histc(orbit.azimuth, bins=8, min=-180, max=180)
     assert counts.min() >= 49  # stratified: 50 per 45-degree sector, give or take a boundary
-    again = random_orbits(400, seed=3)
-    assert torch.equal(orbit.azimuth, again.azimuth) and torch.equal(orbit.fovy, again.fovy)
+    again = random_orbits(400, seed=3, jitter=False)
+    assert torch.equal(orbit.eye, again.eye) and torch.equal(orbit.fovy, again.fovy)
+    # Like the engine's cameras, jittered ones do not always look at the exact centre.
+    shaken = random_orbits(400, seed=3)
+    offset = shaken.target.norm(dim=-1)
+    assert 0.03 < float(offset.mean()) < 0.12 and float((shaken.eye - orbit.eye).abs().max()) <= 0.02 + 1e-12
+    assert torch.equal(shaken.fovy, orbit.fovy)
+
+
+def test_framing_is_the_log_apparent_size_of_the_bounds():
+    orbit = fixed_orbits([0.0, 50.0], [0.0, 20.0], 1.6, 50.0)
+    focal_over_height = 0.5 / math.tan(math.radians(25.0))
+    assert torch.allclose(orbit.framing(), torch.full((2,), math.log(focal_over_height / 1.6), dtype=torch.float64))
 
 
 def test_sphere_silhouette_has_the_analytic_area():

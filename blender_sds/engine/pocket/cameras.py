@@ -19,62 +19,107 @@ DISTANCE = (1.5, 2.0)
 FOVY = (40.0, 70.0)
 
 
+TARGET_JITTER = 0.05  # std of the look-at point around the centre, units of bounds size
+EYE_JITTER = 0.02  # half-width of the uniform jitter of the camera position
+UP_JITTER = 0.02  # std of the jitter of the up vector (a slight roll)
+
+
 @dataclass
 class Orbit:
-    """A batch of orbit cameras in unit coordinates (bounds centred at 0, size 1)."""
+    """A batch of cameras in unit coordinates (bounds centred at 0, size 1): eye, look-at target, up, fovy."""
 
-    azimuth: torch.Tensor  # (N,) degrees
-    elevation: torch.Tensor  # (N,) degrees
-    distance: torch.Tensor  # (N,) units of bounds size
+    eye: torch.Tensor  # (N,3) float64
+    target: torch.Tensor  # (N,3) float64
+    up: torch.Tensor  # (N,3) float64, roughly +Z
     fovy: torch.Tensor  # (N,) degrees
 
     def __len__(self) -> int:
-        return int(self.azimuth.shape[0])
+        return int(self.eye.shape[0])
+
+    @property
+    def distance(self) -> torch.Tensor:
+        """(N,) distance of the camera from the bounds centre."""
+        return self.eye.norm(dim=-1)
+
+    @property
+    def azimuth(self) -> torch.Tensor:
+        """(N,) degrees of the camera around the centre, as the engine measures it."""
+        return torch.rad2deg(torch.atan2(self.eye[:, 0], -self.eye[:, 1]))
+
+    @property
+    def elevation(self) -> torch.Tensor:
+        return torch.rad2deg(torch.atan2(self.eye[:, 2], self.eye[:, :2].norm(dim=-1)))
 
     def positions(self) -> torch.Tensor:
-        az, el = torch.deg2rad(self.azimuth.double()), torch.deg2rad(self.elevation.double())
-        d = self.distance.double()
-        return torch.stack((d * el.cos() * az.sin(), -d * el.cos() * az.cos(), d * el.sin()), -1)
+        return self.eye
 
     def c2w(self) -> torch.Tensor:
-        """(N,4,4) float64 camera-to-world, looking at the centre with world +Z up."""
-        eye = self.positions()
-        forward = -eye / eye.norm(dim=-1, keepdim=True)
-        up_world = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand_as(forward)
-        right = torch.linalg.cross(forward, up_world)
+        """(N,4,4) float64 camera-to-world: looking at `target`, `up` as the sky."""
+        forward = self.target - self.eye
+        forward = forward / forward.norm(dim=-1, keepdim=True)
+        right = torch.linalg.cross(forward, self.up)
         right = right / right.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         up = torch.linalg.cross(right, forward)
         m = torch.eye(4, dtype=torch.float64).repeat(len(self), 1, 1)
-        m[:, :3, 0], m[:, :3, 1], m[:, :3, 2], m[:, :3, 3] = right, up, -forward, eye
+        m[:, :3, 0], m[:, :3, 1], m[:, :3, 2], m[:, :3, 3] = right, up, -forward, self.eye
         return m
 
     def focal(self, height: int) -> torch.Tensor:
         """Focal length in pixels for an image `height` pixels tall (square pixels)."""
         return 0.5 * height / torch.tan(torch.deg2rad(self.fovy.double()) / 2)
 
+    def framing(self) -> torch.Tensor:
+        """(N,) log of the bounds' apparent size: focal / image height / distance (all unit-free)."""
+        return torch.log(self.focal(1) / self.distance)
+
     def subset(self, index) -> "Orbit":
-        return Orbit(self.azimuth[index], self.elevation[index], self.distance[index], self.fovy[index])
+        return Orbit(self.eye[index], self.target[index], self.up[index], self.fovy[index])
 
 
-def random_orbits(n: int, seed: int, elevation=ELEVATION, azimuth=AZIMUTH, distance=DISTANCE, fovy=FOVY) -> Orbit:
-    """n cameras: azimuth stratified over its range (every direction gets its share), the rest uniform."""
+def orbit_eyes(azimuth, elevation, distance) -> torch.Tensor:
+    az, el = torch.deg2rad(torch.as_tensor(azimuth).double()), torch.deg2rad(torch.as_tensor(elevation).double())
+    d = torch.as_tensor(distance).double()
+    return d[..., None] * torch.stack((el.cos() * az.sin(), -el.cos() * az.cos(), el.sin()), -1)
+
+
+def random_orbits(n: int, seed: int, elevation=ELEVATION, azimuth=AZIMUTH, distance=DISTANCE, fovy=FOVY,
+                  jitter: bool = True) -> Orbit:
+    """n cameras drawn as the engine draws its orbit cameras.
+
+    Azimuth stratified over its range (every direction gets its share); elevation half
+    uniform in degrees, half uniform on the sphere; distance and fovy uniform; then the
+    look-at point, position and up vector jittered, so the object is not always dead centre.
+    """
     g = torch.Generator().manual_seed(int(seed))
 
-    def uniform(lo, hi, u):
-        return lo + (hi - lo) * u
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
 
     order = torch.randperm(n, generator=g)
-    az = uniform(*azimuth, (order.double() + torch.rand(n, generator=g, dtype=torch.float64)) / n)
-    el = uniform(*elevation, torch.rand(n, generator=g, dtype=torch.float64))
-    dist = uniform(*distance, torch.rand(n, generator=g, dtype=torch.float64))
-    fov = uniform(*fovy, torch.rand(n, generator=g, dtype=torch.float64))
-    return Orbit(az, el, dist, fov)
+    az = azimuth[0] + (azimuth[1] - azimuth[0]) * (order.double() + rand(n)) / n
+    lo, hi = (torch.deg2rad(torch.tensor(float(e), dtype=torch.float64)) for e in elevation)
+    in_degrees = lo + (hi - lo) * rand(n)
+    on_sphere = torch.asin(lo.sin() + (hi.sin() - lo.sin()) * rand(n))
+    el = torch.rad2deg(torch.where(rand(n) < 0.5, in_degrees, on_sphere))
+    dist = distance[0] + (distance[1] - distance[0]) * rand(n)
+    fov = fovy[0] + (fovy[1] - fovy[0]) * rand(n)
+    eye = orbit_eyes(az, el, dist)
+    target = torch.zeros_like(eye)
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).repeat(n, 1)
+    if jitter:
+        target = TARGET_JITTER * torch.randn(n, 3, generator=g, dtype=torch.float64)
+        eye = eye + EYE_JITTER * (2 * rand(n, 3) - 1)
+        up = up + UP_JITTER * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    return Orbit(eye, target, up, fov)
 
 
 def fixed_orbits(azimuths, elevations, distance: float, fovy: float) -> Orbit:
+    """Cameras looking straight at the centre from the given angles (previews, metrics, tests)."""
     az = torch.as_tensor(azimuths, dtype=torch.float64)
     el = torch.as_tensor(elevations, dtype=torch.float64).expand_as(az).clone()
-    return Orbit(az, el, torch.full_like(az, float(distance)), torch.full_like(az, float(fovy)))
+    eye = orbit_eyes(az, el, torch.full_like(az, float(distance)))
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).repeat(len(az), 1)
+    return Orbit(eye, torch.zeros_like(eye), up, torch.full_like(az, float(fovy)))
 
 
 def pixel_rays(orbit: Orbit, size: int, supersample: int = 1, radius: float | None = None):
@@ -82,8 +127,8 @@ def pixel_rays(orbit: Orbit, size: int, supersample: int = 1, radius: float | No
 
     Returns (pixel, origins, directions): `pixel` (R,) indexes the flattened (N,S,S) grid and
     origins/unit directions are (R,3) float64. With `radius`, only rays that can meet a
-    sphere of that radius around the centre are made (the sphere projects to a centred
-    disc), so a small object in a big frame costs only its own pixels.
+    sphere of that radius around the centre are made (the sphere projects to a disc around
+    the centre's image), so a small object in a big frame costs only its own pixels.
     """
     s = size * supersample
     n = len(orbit)
@@ -93,11 +138,14 @@ def pixel_rays(orbit: Orbit, size: int, supersample: int = 1, radius: float | No
     if radius is None:
         keep = torch.ones(n, s, s, dtype=torch.bool)
     else:
-        dist = orbit.distance.double()
-        half_angle = torch.asin((radius / dist).clamp(max=1.0))
-        disc = f * torch.tan(half_angle) + 1.5  # pixels, with a margin for rounding
-        r2 = centre[:, None] ** 2 + centre[None, :] ** 2
-        keep = r2[None] <= (disc**2)[:, None, None]
+        # The sphere projects to (nearly) a disc around the image of the centre; the
+        # margin covers the slight ellipse of an off-axis sphere and pixel rounding.
+        cam = torch.einsum("nji,nj->ni", c2w[:, :3, :3], -c2w[:, :3, 3])  # centre in camera coordinates
+        u0, v0 = f * cam[:, 0] / -cam[:, 2], -f * cam[:, 1] / -cam[:, 2]
+        half_angle = torch.asin((radius / orbit.distance).clamp(max=1.0))
+        disc = 1.05 * f * torch.tan(half_angle) + 2.0
+        r2 = (centre[None, None, :] - u0[:, None, None]) ** 2 + (centre[None, :, None] - v0[:, None, None]) ** 2
+        keep = r2 <= (disc**2)[:, None, None]
     img, row, col = keep.nonzero(as_tuple=True)
     x = centre[col] / f[img]
     y = -centre[row] / f[img]

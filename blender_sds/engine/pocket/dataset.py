@@ -16,7 +16,7 @@ import torch
 
 from ..guidance.prompts import direction_index
 from . import world
-from .cameras import random_orbits
+from .cameras import Orbit, random_orbits
 
 ALBEDO_FRACTION = 0.25  # share of flat-albedo views (the engine renders albedo this often)
 COND_VIEWS = 384  # views of the prompt's object
@@ -33,6 +33,7 @@ class ViewSet:
     azimuth: torch.Tensor  # (N,) degrees
     elevation: torch.Tensor  # (N,) degrees
     direction: torch.Tensor  # (N,) long, index into guidance.prompts.DIRECTIONS
+    framing: torch.Tensor  # (N,) log apparent size of the bounds (cameras.Orbit.framing)
     size: int
     colour_sq: torch.Tensor  # (N,) |P_i|^2
     colour_alpha: torch.Tensor  # (N,3) P_ic . A_i per channel
@@ -44,13 +45,14 @@ class ViewSet:
         return int(self.colour.shape[0])
 
     @staticmethod
-    def from_rgba(rgba: torch.Tensor, azimuth: torch.Tensor, elevation: torch.Tensor, obj: int) -> "ViewSet":
+    def from_rgba(rgba: torch.Tensor, orbit: Orbit, obj: int) -> "ViewSet":
         n, _, h, w = rgba.shape
+        azimuth, elevation = orbit.azimuth.float(), orbit.elevation.float()
         colour = rgba[:, :3].reshape(n, 3 * h * w).float().contiguous()
         alpha = rgba[:, 3].reshape(n, h * w).float().contiguous()
         per_channel = colour.view(n, 3, h * w)
-        return ViewSet(colour=colour, alpha=alpha, azimuth=azimuth.float(), elevation=elevation.float(),
-                       direction=direction_index(azimuth.float(), elevation.float()), size=h,
+        return ViewSet(colour=colour, alpha=alpha, azimuth=azimuth, elevation=elevation,
+                       direction=direction_index(azimuth, elevation), framing=orbit.framing().float(), size=h,
                        colour_sq=(colour.double() ** 2).sum(-1).float(),
                        colour_alpha=(per_channel.double() * alpha.double()[:, None]).sum(-1).float(),
                        alpha_sq=(alpha.double() ** 2).sum(-1).float(),
@@ -115,7 +117,7 @@ def render_views(prompt: str, size: int, count: int, seed: int = 0, supersample:
     with one_thread():
         rgba = world.render(shape, world.COLOURS[colour], orbit, size, shading, lights, supersample)
         obj = world.PROMPTS.index(world.prompt_for(colour, shape))
-        return ViewSet.from_rgba(rgba, orbit.azimuth, orbit.elevation, obj)
+        return ViewSet.from_rgba(rgba, orbit, obj)
 
 
 @lru_cache(maxsize=2)

@@ -4,10 +4,18 @@ For a finite data set {x_i} under the forward process z_t = sqrt(a) x + sqrt(1-a
 optimal denoiser is the posterior mean
     x0_hat(z_t) = sum_i softmax_i(-|z_t - sqrt(a) x_i|^2 / (2 (1 - a))) x_i,
 and eps_hat = (z_t - sqrt(a) x0_hat) / sqrt(1 - a). It is a real diffusion model of that
-data that needs no training and, like SDS's 2D judge, sees only flat images, never their
-cameras. The conditional data are renders of the prompt's object (by view direction when
-prompting is view-dependent); the unconditional data span the whole world (the prompt's
-own renders among them), or are the negative prompt's object. Noise, timesteps, weighting and CFG are ScoreDistillation's.
+data that needs no training and, like SDS's 2D judge, sees flat images, not 3D. The
+conditional data are renders of the prompt's object (by view direction when prompting is
+view-dependent); the unconditional data span the whole world (the prompt's own renders
+among them), or are the negative prompt's object. Noise, timesteps, weighting and CFG are
+ScoreDistillation's.
+
+Framing: the data's cameras vary in distance and field of view, so the same object appears
+at sizes 2.6x apart. A camera-blind closed-form teacher then leaves the object's size free
+(any render matches some datum) and SDS settled on objects ~25% too small. So both
+branches see only data framed like the judged image (apparent size of the bounds within
++-10%), the way camera-conditioned models (Zero-1-to-3, MVDream) share the camera between
+the conditional and unconditional branch.
 
 Data are premultiplied, so compositing onto each judged image's background is folded into
 the distance algebra: with x_i = Q_i + k, Q_i = 2 P_i - 2 A_i bg, k = 2 bg - 1,
@@ -26,6 +34,8 @@ from . import dataset, world
 from .dataset import ViewSet
 
 NUM_TRAIN_TIMESTEPS = 1000
+FRAMING_WIDTH = 0.1  # data within +-10% of the judged camera's apparent scale answer it
+FRAMING_MINIMUM = (16, 64)  # at least this many (conditional, unconditional) data answer each image
 BETA_START, BETA_END = 0.00085, 0.012
 
 
@@ -67,6 +77,14 @@ def posterior_mean(z_t: torch.Tensor, alpha_bar: torch.Tensor, data: ViewSet, ba
     return x0.view_as(z_t)
 
 
+def framing_mask(data: torch.Tensor, judged: torch.Tensor, allowed: torch.Tensor, minimum: int) -> torch.Tensor:
+    """(B,N) the allowed data whose framing is within FRAMING_WIDTH of each judged image's, or the nearest `minimum`."""
+    gap = (data[None, :] - judged[:, None]).abs().masked_fill(~allowed, float("inf"))
+    k = min(minimum, gap.shape[1])
+    limit = torch.maximum(gap.kthvalue(k, dim=1).values, torch.full_like(judged, FRAMING_WIDTH))
+    return allowed & (gap <= limit[:, None])
+
+
 def epsilon(z_t: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     a = alpha_bar.to(z_t.dtype).view(-1, 1, 1, 1)
     return (z_t - a.sqrt() * x0) / (1 - a).sqrt()
@@ -84,6 +102,8 @@ class PocketGuidance(ScoreDistillation):
         self.prompt = job["prompt"]
         self.colour, self.shape = world.parse_prompt(self.prompt)
         self.resolution = int(job["render"]["resolution"])
+        self.center = torch.tensor(job["bounds"]["center"], dtype=torch.float32, device=self.device)
+        self.bounds_size = float(job["bounds"]["size"])
         self.view_dependent = bool(options.get("view_dependent", True))
         r = self.resolution
         cond_views = cond_views or dataset.scaled_count(dataset.COND_VIEWS, r, 96)
@@ -108,19 +128,33 @@ class PocketGuidance(ScoreDistillation):
                                    align_corners=False, antialias=True)
         return images * 2 - 1
 
-    def cond_mask(self, views: ViewBatch) -> torch.Tensor | None:
+    def direction_mask(self, views: ViewBatch) -> torch.Tensor:
         """Per judged camera, the conditional views whose direction bucket matches (all if none does)."""
         if not self.view_dependent:
-            return None
+            return torch.ones(views.size, len(self.cond), dtype=torch.bool, device=self.device)
         judged = direction_index(views.azimuth.float(), views.elevation.float()).to(self.device)
         mask = judged[:, None] == self.cond.direction[None, :]
         empty = ~mask.any(dim=-1, keepdim=True)
         return mask | empty
+
+    def judged_framing(self, views: ViewBatch) -> torch.Tensor:
+        """(B,) log apparent size of the bounds in each judged image, as `Orbit.framing` measures data."""
+        eye = views.c2w[:, :3, 3].to(self.device, torch.float32)
+        distance = (eye - self.center).norm(dim=-1) / self.bounds_size
+        return torch.log(views.fy.to(self.device, torch.float32) / views.height / distance)
+
+    def cond_mask(self, views: ViewBatch) -> torch.Tensor:
+        return framing_mask(self.cond.framing, self.judged_framing(views), self.direction_mask(views),
+                            FRAMING_MINIMUM[0])
+
+    def uncond_mask(self, views: ViewBatch) -> torch.Tensor:
+        allowed = torch.ones(views.size, len(self.uncond), dtype=torch.bool, device=self.device)
+        return framing_mask(self.uncond.framing, self.judged_framing(views), allowed, FRAMING_MINIMUM[1])
 
     def predict_noise(self, z_t, t, views):
         a = self.alphas_cumprod[t]
         bg = views.background if views.background is not None else torch.ones(z_t.shape[0], 3)
         bg = bg.to(self.device, z_t.dtype)
         x0_cond = posterior_mean(z_t, a, self.cond, bg, self.cond_mask(views))
-        x0_uncond = posterior_mean(z_t, a, self.uncond, bg)
+        x0_uncond = posterior_mean(z_t, a, self.uncond, bg, self.uncond_mask(views))
         return epsilon(z_t, x0_cond, a), epsilon(z_t, x0_uncond, a)
