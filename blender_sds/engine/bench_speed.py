@@ -181,13 +181,15 @@ def bare_guidance_call(run, views):
     """The floor: encode a render-sized image (upsampled to the model's size), the UNet's CFG pair,
     and the encoder's backward to the image. Nothing of the field, renderer or optimiser."""
     res = int(run.job["render"]["resolution"])
-    image = torch.rand(views.size, 3, res, res, device=run.device, requires_grad=True)
+    # Laid out as the renderer's images are (a channels-last view of (B,H,W,3)): convolutions
+    # take a different path per layout, and the floor must be the judge's real workload.
+    pixels = torch.rand(views.size, res, res, 3, device=run.device, requires_grad=True)
     steps = int(run.job["steps"])
     guidance = run.guidance  # the judge itself, never a probe put in its place later
 
     def call():
-        image.grad = None
-        guidance(image, views, steps // 2, steps).loss.backward()
+        pixels.grad = None
+        guidance(pixels.permute(0, 3, 1, 2), views, steps // 2, steps).loss.backward()
 
     return call
 
