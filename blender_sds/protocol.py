@@ -143,7 +143,7 @@ def _short(value) -> str:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value)
     except RecursionError:
         return "<nested too deeply to show>"
-    text = text.strip()
+    text = "".join(c if c.isprintable() else "?" for c in text.strip()[:400])  # a NUL would cut a UI report short
     return text if len(text) <= 200 else text[:197] + "..."
 
 

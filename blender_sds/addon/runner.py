@@ -220,6 +220,9 @@ def _redraw() -> None:
 
 def _popup(message: str) -> None:
     print(f"SDS: {message}")
+    wm = bpy.context.window_manager
+    if bpy.app.background or not getattr(wm, "windows", None):
+        return  # no window to show it in (popup_menu crashes background Blender); the panel has last_error
 
     def draw(menu, _context):
         for line in _wrap(message, 90):

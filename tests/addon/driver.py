@@ -12,8 +12,11 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -403,8 +406,245 @@ def scenario_lifecycle(args):
     return out
 
 
+# -- faults the add-on survives (tests/addon/test_addon_faults.py) --------------------------------
+
+class Watcher:
+    """Catches the run the add-on starts next, and does something to its worker once
+    `when(run)` holds (SIGKILL, SIGSTOP). Runs on a thread: attribute reads only, no bpy."""
+
+    def __init__(self, started: list, when=None, action=None):
+        self.started, self.count = started, len(started)
+        self.when, self.action = when, action
+        self.did = False
+        if action is not None:
+            self.thread = threading.Thread(target=self._watch, daemon=True)
+            self.thread.start()
+
+    @property
+    def run(self):
+        return self.started[self.count] if len(self.started) > self.count else None
+
+    def _watch(self):
+        end = time.monotonic() + 180
+        while time.monotonic() < end:
+            run = self.run
+            if run is not None and self.when(run) and run.client.proc is not None:
+                self.action(run.client.proc.pid)
+                self.did = True
+                return
+            time.sleep(0.02)
+
+
+def record_runs(runner) -> list:
+    """Every Run that runner.start() returns, in order (the operators call it by attribute)."""
+    started = []
+    original = runner.start
+
+    def start(*args, **kwargs):
+        run = original(*args, **kwargs)
+        started.append(run)
+        return run
+    runner.start = start
+    return started
+
+
+def changes(before):
+    """What the file gained or lost since `before` (a snapshot), per kind; {} when nothing."""
+    now = snapshot()
+    out = {}
+    for kind in now:
+        gained = sorted(set(now[kind]) - set(before[kind]))
+        lost = sorted(set(before[kind]) - set(now[kind]))
+        if gained or lost:
+            out[kind] = {"gained": gained, "lost": lost}
+    return out
+
+
+def fake_worker(folder, name, body):
+    """A program that is not our worker, for Worker Python (stdlib only, so any Python runs it)."""
+    path = os.path.join(folder, name)
+    with open(path, "w") as fh:
+        fh.write(f"#!{sys.executable}\nimport json, sys, time\n{body}\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+def scenario_faults(args):
+    prefs, _scene = setup_run(args)
+    runner = addon_module("runner")
+    job_builder = addon_module("job_builder")
+    started = record_runs(runner)
+    out = {}
+
+    def fresh():
+        scene = two_camera_scene()
+        s = scene.sds
+        s.prompt, s.seed, s.camera_source = "a red ball", 3, "SCENE"
+        s.job_overrides = json.dumps(args["overrides"])
+        prefs.worker_python = args["worker_python"]
+        return scene
+
+    def blocking(name, setup=None, when=None, action=None):
+        """bpy.ops.sds.generate() (execute) with something done to its worker meanwhile."""
+        scene = fresh()
+        if setup is not None:
+            setup()
+        before = snapshot()
+        watcher = Watcher(started, when, action)
+        t = time.monotonic()
+        ret, err = call(bpy.ops.sds.generate)
+        run = watcher.run
+        out[name] = {"returned": ret, "message": err, "seconds": time.monotonic() - t,
+                     "scene_same": snapshot() == before, "status": scene.sds.status,
+                     "last_error": scene.sds.last_error, "running": scene.sds.is_running, "did": watcher.did,
+                     "worker_alive": run is not None and run.client.running,
+                     "worker_code": run and run.client.proc and run.client.proc.poll(),
+                     "state": run and run.state}
+
+    def running(run):
+        return run.state == "running"
+
+    blocking("sigkill", when=running, action=lambda pid: os.kill(pid, signal.SIGKILL))
+    prefs.worker_timeout = 5
+    # Frozen as soon as it has said hello (it is then loading the engine for the run): nothing more comes.
+    blocking("silent", when=lambda run: run.greeted, action=lambda pid: os.kill(pid, signal.SIGSTOP))
+    prefs.worker_timeout = 120
+    tmp = args["tmp"]
+    blocking("not_python", lambda: setattr(prefs, "worker_python", "/bin/cat"))
+    blocking("other_version", lambda: setattr(prefs, "worker_python", fake_worker(tmp, "v99.py", (
+        'print(json.dumps({"type": "hello", "protocol": 99, "role": "worker"}), flush=True)\n'
+        'sys.stdin.read()'))))
+    blocking("garbage_first", lambda: setattr(prefs, "worker_python", fake_worker(tmp, "banner.py", (
+        'print("Welcome to ExamplePython 3.11!", flush=True)\ntime.sleep(60)'))))
+    blocking("garbage_mid", lambda: setattr(prefs, "worker_python", fake_worker(tmp, "garbage.py", (
+        'print(json.dumps({"type": "hello", "protocol": 1, "role": "worker"}), flush=True)\n'
+        'sys.stdin.readline(); sys.stdin.readline()\n'
+        'sys.stdout.buffer.write(b"\\x00\\xff this is not a message\\n"); sys.stdout.flush()\n'
+        'time.sleep(60)'))))
+
+    # The asynchronous path (invoke): start, then drive the timer callback by hand.
+    def start_async():
+        scene = fresh()
+        before = snapshot()
+        run = runner.start(bpy.context, job_builder.generate_job(bpy.context, prefs), os.getcwd(), name="async")
+        runner.follow(run)
+        return scene, before, run
+
+    def tick_until_finished(run, limit=120):
+        end = time.monotonic() + limit
+        while time.monotonic() < end and runner._tick() is not None:
+            time.sleep(0.05)
+
+    def settled(name, scene, before, run, **extra):
+        try:
+            run.client.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        out[name] = {"state": run.state, "message": run.message, "status": scene.sds.status,
+                     "last_error": scene.sds.last_error, "changes": changes(before),
+                     "worker_alive": run.client.running, "active": runner.active() is not None,
+                     **extra}
+
+    # Cancel at once, before the worker has even said hello.
+    scene, before, run = start_async()
+    greeted_at_cancel = run.greeted
+    ret, _err = call(bpy.ops.sds.cancel)
+    ret2, _err = call(bpy.ops.sds.cancel)  # a second press changes nothing
+    tick_until_finished(run)
+    settled("cancel_at_once", scene, before, run, greeted_at_cancel=greeted_at_cancel, returned=[ret, ret2])
+
+    # Cancel after the last step: the run finishes anyway; its result is kept, not imported.
+    scene, before, run = start_async()
+    end = time.monotonic() + 120
+    while time.monotonic() < end and not run.finished and run.stage not in ("writing result", "extracting mesh"):
+        run.pump(0.1, max_messages=1)
+    stage_at_cancel = run.stage
+    ret, _err = call(bpy.ops.sds.cancel)
+    tick_until_finished(run)
+    settled("cancel_late", scene, before, run, stage_at_cancel=stage_at_cancel, returned=ret,
+            result_kept=bool(run.result_dir) and os.path.isfile(os.path.join(run.result_dir, "mesh.npz")))
+
+    # A result damaged between the run and the import: truncated, then gone.
+    scene, before, run = start_async()
+    end = time.monotonic() + 120
+    while time.monotonic() < end and not run.pump(0.1):
+        pass
+    state_before_import = run.state
+    mesh = os.path.join(run.result_dir, "mesh.npz")
+    with open(mesh, "r+b") as fh:
+        fh.truncate(os.path.getsize(mesh) // 2)
+    runner._tick()  # the import step of the asynchronous path
+    settled("truncated", scene, before, run, state_before_import=state_before_import)
+    shutil.rmtree(run.result_dir)
+    try:
+        runner.finish(run, scene, bpy.context.view_layer)  # the import again, now on a vanished folder
+        vanished = "imported?!"
+    except Exception as exc:  # ArtistError
+        vanished = f"{type(exc).__name__}: {exc}"
+    out["vanished"] = {"error": vanished, "last_error": scene.sds.last_error, "changes": changes(before)}
+    out["torch_loaded"] = "torch" in sys.modules
+    return out
+
+
+def scenario_remote(args):
+    """REMOTE mode against a real `serve` the test started: generate, refine, a wrong token,
+    no server, and another file loaded mid-run."""
+    prefs, scene = setup_run(args)
+    runner = addon_module("runner")
+    job_builder = addon_module("job_builder")
+    prefs.worker_mode = "REMOTE"
+    prefs.remote_address = f"127.0.0.1:{args['port']}"
+    prefs.remote_token = args["token"]
+    prefs.worker_python = "/nonexistent/python"  # proves the local worker is never used
+    out = {"cache": addon_module("paths").cache_dir(prefs)}
+
+    ret, err = call(bpy.ops.sds.generate)
+    gen = bpy.context.view_layer.objects.active
+    out["generate"] = {"returned": ret, "message": err, "object": gen and object_facts(gen),
+                       "files": gen and sorted(os.listdir(gen["sds_result"])),
+                       "preview": scene.sds.preview_image and list(scene.sds.preview_image.size[:])}
+    if err:
+        return out
+    job = json.loads(gen["sds_job"])
+    out["generate"]["job_model"] = job["guidance"]["model"]
+
+    ret, err = call(bpy.ops.sds.refine, steps=1)
+    ref = bpy.context.view_layer.objects.active
+    out["refine"] = {"returned": ret, "message": err, "object": ref and object_facts(ref)}
+
+    def refused(name, **settings):
+        saved = {k: getattr(prefs, k) for k in settings}
+        for k, v in settings.items():
+            setattr(prefs, k, v)
+        before = snapshot()
+        ret, err = call(bpy.ops.sds.generate)
+        out[name] = {"returned": ret, "message": err, "scene_same": snapshot() == before,
+                     "last_error": bpy.context.scene.sds.last_error}
+        for k, v in saved.items():
+            setattr(prefs, k, v)
+
+    refused("wrong_token", remote_token="not-the-token-at-all")
+    refused("no_token", remote_token="")
+    refused("no_server", remote_address="127.0.0.1:9")
+    refused("bad_address", remote_address="gpu-box")
+
+    # Another file loaded during a remote run: the connection is dropped, the server's job stops.
+    run = runner.start(bpy.context, job_builder.generate_job(bpy.context, prefs), os.getcwd(), name="async")
+    runner.follow(run)
+    end = time.monotonic() + 120
+    while time.monotonic() < end and run.state != "running" and runner._tick() is not None:
+        time.sleep(0.05)
+    reached = run.state
+    bpy.ops.wm.read_homefile(use_empty=True)
+    run.client._reader.join(10)
+    out["load_pre"] = {"reached": reached, "state": run.state, "connected": run.client.running,
+                       "active": runner.active() is not None}
+    out["torch_loaded"] = "torch" in sys.modules
+    return out
+
+
 SCENARIOS = {"install": scenario_install, "rig": scenario_rig, "errors": scenario_errors, "e2e": scenario_e2e,
-             "lifecycle": scenario_lifecycle}
+             "lifecycle": scenario_lifecycle, "faults": scenario_faults, "remote": scenario_remote}
 
 
 def main():
