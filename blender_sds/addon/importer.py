@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import bpy
 import numpy as np
@@ -31,7 +32,7 @@ def load_arrays(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in ("vertices", "faces", "colors") if name in data.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ArtistError(f"{path} cannot be read ({exc}): the result is damaged; run the job again") from None
     missing = [n for n in ("vertices", "faces", "colors") if n not in arrays]
     if missing:
