@@ -163,11 +163,11 @@ class Cube(Polyhedron):
 
     def __init__(self, half: float = 0.25):
         self.half = half
-        normals = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
+        normals = torch.cat((torch.eye(3), -torch.eye(3))).double()
         quads = []
         for axis in range(3):
             for sign in (1.0, -1.0):
-                u, v = [(axis + 1) % 3, (axis + 2) % 3]
+                u, v = (axis + 1) % 3, (axis + 2) % 3
                 corners = []
                 for a, b in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
                     p = [0.0, 0.0, 0.0]
