@@ -21,13 +21,14 @@ import time
 
 from .. import job as job_schema
 from .. import protocol
+from .worker_client import MessageChannel
 
 CONNECT_SECONDS = 10.0
 HELLO_SECONDS = 30.0
 MAX_RESULT_BYTES = 8 * 2**30  # a result file bigger than this is not one of ours
 
 
-class RemoteClient:
+class RemoteClient(MessageChannel):
     def __init__(self, host: str, port: int, token: str, out_dir: str, log_path: str):
         self.host = host
         self.port = port
@@ -69,24 +70,7 @@ class RemoteClient:
         if message.get("type") == "cancel" and not self.submitted.is_set():
             self.cancelled.set()  # the upload stops and the run is never sent
             return True
-        if self.writer is None:
-            return False
-        try:
-            self.writer.write(message)
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def messages(self, timeout: float | None = 0.0) -> list[dict]:
-        out = []
-        try:
-            if timeout:
-                out.append(self.queue.get(timeout=timeout))
-            while True:
-                out.append(self.queue.get_nowait())
-        except queue.Empty:
-            pass
-        return out
+        return super().send(message)
 
     def hang_up(self) -> None:
         """Tell the worker we are done (EOF): it stops the job and closes its side."""

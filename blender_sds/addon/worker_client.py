@@ -24,7 +24,36 @@ class WorkerStartError(RuntimeError):
     pass
 
 
-class WorkerClient:
+class MessageChannel:
+    """What both worker transports share: a writer to send on, a queue the reader thread fills
+    and only the main thread drains."""
+
+    writer = None
+
+    def send(self, message: dict) -> bool:
+        """False when the worker can no longer hear us (it exited); its exit is queued anyway."""
+        if self.writer is None:
+            return False
+        try:
+            self.writer.write(message)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def messages(self, timeout: float | None = 0.0) -> list[dict]:
+        """What arrived so far; waits up to `timeout` seconds for the first one (None: no wait)."""
+        out = []
+        try:
+            if timeout:
+                out.append(self.queue.get(timeout=timeout))
+            while True:
+                out.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        return out
+
+
+class WorkerClient(MessageChannel):
     hint = ("Check Worker Python in the add-on preferences: it must be a Python with torch and diffusers "
             "installed")
 
@@ -77,28 +106,6 @@ class WorkerClient:
         except (OSError, ValueError):
             pass  # stdout closed under us: the exit below says what happened
         self.queue.put({"type": "worker_exit", "code": self.proc.wait()})
-
-    def send(self, message: dict) -> bool:
-        """False when the worker can no longer hear us (it exited); its exit is queued anyway."""
-        if self.writer is None:
-            return False
-        try:
-            self.writer.write(message)
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def messages(self, timeout: float | None = 0.0) -> list[dict]:
-        """What arrived so far; waits up to `timeout` seconds for the first one (None: no wait)."""
-        out = []
-        try:
-            if timeout:
-                out.append(self.queue.get(timeout=timeout))
-            while True:
-                out.append(self.queue.get_nowait())
-        except queue.Empty:
-            pass
-        return out
 
     def hang_up(self) -> None:
         """Close the worker's stdin: it stops its run and exits on its own."""
