@@ -42,7 +42,8 @@ def test_bench_speed_cli_reports_the_iteration_against_bare_guidance():
     draft = out["presets"]["draft"]
     for key in ("ms_per_iteration", "ms_bare_guidance", "overhead_ratio", "peak_gpu_mb"):
         assert out[key] == draft[key], key  # top-level copies of the first preset
-    for key in ("ms_per_iteration", "ms_bare_guidance", "overhead_ratio", "iterations_per_second",
+    for key in ("ms_per_iteration", "ms_bare_guidance", "overhead_ratio", "overhead_ratio_paired",
+                "overhead_ratio_phases", "iterations_per_second",
                 "minutes_per_asset", "ms_occupancy_update", "ms_preview", "peak_host_rss_mb"):
         assert positive(draft[key]), (key, draft[key])
     assert draft["peak_gpu_mb"] is None  # no GPU memory on the CPU
