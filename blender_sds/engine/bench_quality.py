@@ -54,10 +54,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="run these prompts instead of a sample (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="picks the sample and seeds every job")
     p.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    p.add_argument("--override", default=None, metavar="JSON",
+                   help='job keys merged over every job, e.g. \'{"optim": {"opaque": 1000}}\' (for tuning)')
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
     p.add_argument("--out", default=None, help="keep each result in OUT/<n>_<prompt> (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
+    if args.override is not None:
+        try:
+            args.override = json.loads(args.override)
+        except json.JSONDecodeError as error:
+            p.error(f"--override: not JSON ({error})")
+        if not isinstance(args.override, dict):
+            p.error("--override: must be a JSON object of job keys")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads: must be >= 1, got {args.threads}")
     if args.prompt:
         for prompt in args.prompt:
             try:
@@ -83,14 +95,19 @@ def job_for(prompt: str, args: argparse.Namespace) -> dict:
            "guidance": {"kind": "pocket"}}
     if args.steps is not None:
         raw["steps"] = args.steps
+    for key, value in (args.override or {}).items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
     return validate_job(raw)
 
 
-def run_one(prompt: str, args: argparse.Namespace, out_dir: Path) -> dict:
+def run_one(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
     """One asset, start to finish (including the teacher's data on first use), judged."""
     from .isosurface import MeshError
     from .run import run_job
-    job = job_for(prompt, args)
+    prompt = job["prompt"]
     started = time.monotonic()
     try:
         result = run_job(job, out_dir, device=args.device)
@@ -132,25 +149,32 @@ def _row(i: int, r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     prompts = prompts_for(args)
-    report = sys.stderr if args.json else sys.stdout
-    header = f"  #  {'prompt':<18}  chamfer  colour  shape        colour        seconds"
-    print(f"bench quality: preset {args.preset}, seed {args.seed}, {len(prompts)} prompts", file=report, flush=True)
-    print(header, file=report, flush=True)
-    results = []
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-            root = Path(args.out) if args.out else Path(tmp)
-            for i, prompt in enumerate(prompts):
-                out_dir = root / f"{i:02d}_{prompt.replace(' ', '_')}"
-                results.append(run_one(prompt, args, out_dir))
-                print(_row(i, results[-1]), file=report, flush=True)
+        jobs = [job_for(prompt, args) for prompt in prompts]  # every bad input before any work
     except JobError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    report = sys.stderr if args.json else sys.stdout
+    header = f"  #  {'prompt':<18}  chamfer  colour  shape        colour        seconds"
+    print(f"bench quality: preset {args.preset}, seed {args.seed}, {len(prompts)} prompts"
+          + (f", steps {args.steps}" if args.steps else "")
+          + (f", override {json.dumps(args.override)}" if args.override else ""), file=report, flush=True)
+    print(header, file=report, flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        root = Path(args.out) if args.out else Path(tmp)
+        for i, (prompt, job) in enumerate(zip(prompts, jobs)):
+            out_dir = root / f"{i:02d}_{prompt.replace(' ', '_')}"
+            results.append(run_one(job, args, out_dir))
+            print(_row(i, results[-1]), file=report, flush=True)
     total = summarise(results)
     if args.json:
         print(json.dumps({"benchmark": "quality", "preset": args.preset, "seed": args.seed, "steps": args.steps,
-                          "device": args.device or "auto", **total, "results": results}))
+                          "override": args.override, "device": args.device or "auto", **total,
+                          "results": results}))
     else:
         print(f"shape R-precision {total['shape_r_precision']:.3f}  colour R-precision "
               f"{total['colour_r_precision']:.3f}  median Chamfer "
