@@ -342,7 +342,8 @@ def report_text(result: dict) -> str:
             "  breakdown (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in b.items()),
             f"  occupancy refresh {f['ms_occupancy_update']:.1f} ms (every 16 steps), preview "
             f"{f['ms_preview']:.1f} ms (every 250 steps); host reads per step: "
-            f"{f['host_reads_per_iteration']['item']} item, {f['host_reads_per_iteration']['nonzero']} nonzero",
+            f"{f['host_reads_per_iteration']['item']} item, {f['host_reads_per_iteration']['nonzero']} nonzero; "
+            f"{f['host_reads_per_iteration']['aten_ops']} aten ops",
             f"  peak GPU memory {gpu}; peak host RSS {f['peak_host_rss_mb']:.0f} MB",
         ]
     return "\n".join(lines)

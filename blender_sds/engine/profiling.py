@@ -315,7 +315,7 @@ class HostReadAudit(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.counts = {"item": 0, "nonzero": 0}
+        self.counts = {"item": 0, "nonzero": 0, "aten_ops": 0}  # aten_ops: ~ kernel launches on a GPU
         self.paused = False
         self.where: list[str] = []
 
@@ -324,6 +324,8 @@ class HostReadAudit(TorchDispatchMode):
         kind = HOST_READ_OPS.get(name)
         if name in MASK_INDEX_OPS and _has_mask(args):
             kind = "nonzero"  # t[mask] and t[mask] = v find the mask's True entries on the host
+        if not self.paused:
+            self.counts["aten_ops"] += 1
         if kind and not self.paused:
             self.counts[kind] += 1
             self.where.append(name)
