@@ -135,10 +135,11 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    info = profiling.machine(device)  # the commit and load the measured code started from
     field = trained_field(device, steps=args.fit_steps)
     profiling.reset_peak_gpu(device)
     runs = {str(r): measure(field, device, r, args.repeat, args.density) for r in args.resolution}
-    result = {"device": str(device), **profiling.machine(device),
+    result = {"device": str(device), **info, "load_average_end": profiling.machine(device)["load_average"],
               "command": "python -m blender_sds.engine bench mesh " + " ".join(argv), "resolutions": runs}
     if args.json:
         print(json.dumps(result))

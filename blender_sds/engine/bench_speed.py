@@ -361,6 +361,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: --{exc}", file=sys.stderr)
         return 2
+    info = profiling.machine(device)  # the commit and load the measured code started from
     on_cpu = device.type == "cpu"
     args.iterations = args.iterations or (3 if on_cpu else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 3)
@@ -375,7 +376,7 @@ def main(argv=None) -> int:
         except (ModelSourceError, JobError) as exc:
             print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2
-    result = {"device": str(device), **profiling.machine(device), "model": label,
+    result = {"device": str(device), **info, "load_average_end": profiling.machine(device)["load_average"], "model": label,
               "command": "python -m blender_sds.engine bench speed " + " ".join(argv), "presets": results}
     result.update(results[presets[0]])  # top-level copies of the first preset, for one-preset readers
     if args.json:
