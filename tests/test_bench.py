@@ -46,7 +46,7 @@ def test_bench_speed_cli_reports_the_iteration_against_bare_guidance():
                 "overhead_ratio_phases", "iterations_per_second",
                 "minutes_per_asset", "ms_occupancy_update", "ms_preview", "peak_host_rss_mb"):
         assert positive(draft[key]), (key, draft[key])
-    assert draft["peak_gpu_mb"] is None  # no GPU memory on the CPU
+    assert draft["peak_gpu_mb"] is None and draft["peak_gpu_steps_mb"] is None  # no GPU memory on the CPU
     assert draft["iterations"] == 2 and draft["steps"] == 1500 and draft["guidance_image_size"] == [32, 32]
     assert draft["minutes_per_asset"] == pytest.approx(1500 * draft["ms_per_iteration"] / 60000)
     assert draft["overhead_ratio"] == pytest.approx(draft["ms_per_iteration"] / draft["ms_bare_guidance"])

@@ -207,6 +207,7 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
 
     job = bench_job(model, preset, low_vram=args.low_vram, dtype=args.dtype)
     profiling.reset_peak_host_rss()
+    profiling.reset_peak_gpu(device)
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as out:
         run = Run(job, Path(out), device)
         guidance = run.guidance
@@ -220,6 +221,7 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
         for _ in range(args.warmup):
             bare_call()
             run.train_step(total)
+        loading_peak = profiling.peak_gpu_mb(device)  # loading (text encoder included) and warm-up
         # Interleaved, so a shared machine's changing load falls on both alike and their ratio holds.
         profiling.reset_peak_gpu(device)
         clock, bare_marks = profiling.Clock(device), []
@@ -240,13 +242,15 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
         if device.type == "cuda":
             stream_ms = profiling.median(profiling.time_calls(lambda: [run.train_step(total) for _ in range(
                 args.iterations)], device, 1, 0)) / args.iterations
-        gpu = profiling.peak_gpu_mb(device)
+        steps_peak = profiling.peak_gpu_mb(device)
         occupancy = profiling.time_calls(
             lambda: run.occupancy.update(run.field, 0, run.step_length, run.generator, force=True),
             device, max(1, min(3, args.iterations)), 1)
         preview = profiling.time_calls(run.save_preview, device, 1, 0)
         audit = profiling.audit_step(run, total)
         rss = profiling.peak_host_rss_mb()
+        later_peak = profiling.peak_gpu_mb(device)  # steps, occupancy refresh, preview
+        gpu = {k: None if later_peak[k] is None else max(loading_peak[k], later_peak[k]) for k in later_peak}
         figures = {
             "preset": preset,
             "steps": total,
@@ -274,6 +278,7 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
             "host_reads_per_iteration": audit,
             "peak_gpu_mb": gpu["allocated"],
             "peak_gpu_reserved_mb": gpu["reserved"],
+            "peak_gpu_steps_mb": steps_peak["allocated"],
             "peak_host_rss_mb": rss,
         }
         del probe, run, guidance
@@ -326,7 +331,8 @@ def report_text(result: dict) -> str:
              f"commit {result['commit']}, torch {result['torch']}, load average {result['load_average']}"]
     for name, f in result["presets"].items():
         b = f["breakdown_ms"]
-        gpu = "n/a (CPU)" if f["peak_gpu_mb"] is None else f"{f['peak_gpu_mb']:.0f} MB"
+        gpu = ("n/a (CPU)" if f["peak_gpu_mb"] is None else
+               f"{f['peak_gpu_mb']:.0f} MB (steps alone {f['peak_gpu_steps_mb']:.0f} MB)")
         lines += [
             f"\n[{name}] render {f['render_resolution']}^2 x{f['batch']}, {f['samples_per_ray']} samples/ray -> "
             f"guidance at {f['guidance_image_size'][0]}^2, {f['dtype']}, attention {f['attention']}"
