@@ -45,23 +45,28 @@ def validate(job: dict, base_dir: str) -> dict:
         raise ArtistError(f"Job setting {exc}: change {_where(exc.key)}") from None
 
 
+POCKET_MODEL = "pocket"  # Model set to this word picks the pocket world too (before Model Source existed)
+
+
+def uses_pocket(prefs) -> bool:
+    """Whether the offline pocket world judges the run (Model Source, or the old word in Model)."""
+    return prefs.model_source == "POCKET" or prefs.model.strip().lower() == POCKET_MODEL
+
+
 def model_source(prefs) -> str:
     model = prefs.model.strip()
     if not model:
         raise ArtistError("No model is set: fill in Model in " + preferences.PREFS_PATH
-                          + f" (e.g. {preferences.DEFAULT_MODEL})")
+                          + f" (e.g. {preferences.DEFAULT_MODEL}), or set Model Source to Pocket World "
+                          "(offline demo)")
     return bpy.path.abspath(model) if model.startswith("//") else model
-
-
-POCKET_MODEL = "pocket"  # the offline demo teacher (no download): prompts like "a red cube"
 
 
 def guidance(prefs) -> dict:
     """Stable Diffusion from the preferences' model source, or the offline pocket world."""
-    model = model_source(prefs)
-    if model.lower() == POCKET_MODEL:
+    if uses_pocket(prefs):
         return {"kind": "pocket"}
-    return {"kind": "stable-diffusion", "model": model, "low_vram": prefs.low_vram}
+    return {"kind": "stable-diffusion", "model": model_source(prefs), "low_vram": prefs.low_vram}
 
 
 def bounds(scene) -> dict:

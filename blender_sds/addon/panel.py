@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import runner
+from . import preferences, runner
 
 
 def _time(seconds: float) -> str:
@@ -35,6 +35,10 @@ class SDS_PT_main(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         s = context.scene.sds
+        prefs = preferences.get(context)
+        layout.prop(prefs, "model_source", text="Model")
+        if prefs.model_source == "POCKET":
+            layout.label(text="Offline demo: " + preferences.POCKET_HINT, icon="INFO")
         layout.prop(s, "prompt", text="")
         layout.prop(s, "negative_prompt", text="Avoid")
         row = layout.row(align=True)

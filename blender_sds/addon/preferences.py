@@ -1,7 +1,7 @@
 """Add-on preferences: how to reach a worker, which model, which device, where to cache.
 
 Scripts reach them as `bpy.context.preferences.addons[<package>].preferences` with the
-names below (`worker_python`, `model`, `device`, ...); `get()` finds the package name,
+names below (`worker_python`, `model_source`, `model`, `device`, ...); `get()` finds the package name,
 which depends on the repository the extension was installed into.
 """
 
@@ -15,6 +15,16 @@ from .errors import ArtistError
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 PREFS_PATH = "Edit > Preferences > Add-ons > SDS Text to Mesh"
+POCKET_HINT = "prompts 'a <colour> <shape>', e.g. 'a red cube'"
+# The judge of a run. The pocket world is offered by name so a first-time user finds a model
+# that works with no download; its vocabulary is the engine's (blender_sds/engine/pocket).
+MODEL_SOURCES = [
+    ("STABLE_DIFFUSION", "Stable Diffusion",
+     "A Stable Diffusion model: the hub id, diffusers folder or checkpoint in Model"),
+    ("POCKET", "Pocket World (offline demo)",
+     "A small built-in world of simple shapes for trying the add-on with no download: " + POCKET_HINT
+     + " (a prompt outside it is refused with the words it knows)"),
+]
 
 
 class SDS_AddonPreferences(bpy.types.AddonPreferences):
@@ -36,6 +46,9 @@ class SDS_AddonPreferences(bpy.types.AddonPreferences):
         name="Worker Timeout", min=2, max=3600, default=120, subtype="TIME_ABSOLUTE",
         description="Seconds without a word (not even a heartbeat) after which a worker is taken for stuck and "
                     "ended")
+    model_source: EnumProperty(name="Model Source", items=MODEL_SOURCES, default="STABLE_DIFFUSION",
+                               description="What judges the renders: a Stable Diffusion model, or the offline "
+                                           "demo world")
     model: StringProperty(
         name="Model", default=DEFAULT_MODEL,
         description="A Hugging Face hub id (org/name), a local diffusers folder, or a single-file checkpoint")
@@ -75,7 +88,11 @@ class SDS_AddonPreferences(bpy.types.AddonPreferences):
             box.label(text="The token is sent unencrypted: across a network, use an SSH tunnel or a VPN",
                       icon="INFO")
         layout.prop(self, "worker_timeout")
-        layout.prop(self, "model")
+        layout.prop(self, "model_source")
+        if self.model_source == "POCKET":
+            layout.label(text="Offline demo, no download: " + POCKET_HINT, icon="INFO")
+        else:
+            layout.prop(self, "model")
         row = layout.row()
         row.prop(self, "device")
         row.prop(self, "low_vram")

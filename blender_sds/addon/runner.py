@@ -16,6 +16,7 @@ import time
 import bpy
 
 from . import importer, paths, preferences
+from .console_progress import ConsoleProgress
 from .errors import ArtistError
 from .remote_client import RemoteClient
 from .session import Run
@@ -144,6 +145,9 @@ def finish(run: Run, scene, view_layer):
         if run.meta.get("offline") and run.state == "failed" and "model" in message.lower():
             message += (" (Blender's online access is off, so the worker cannot download models: allow it in "
                         "Preferences > System > Network, or set Model to a local folder)")
+        elif run.job.get("guidance", {}).get("kind") == "pocket" and "not in the pocket world" in message:
+            message += (". Change Prompt in the SDS panel, or set Model Source to Stable Diffusion in "
+                        + preferences.PREFS_PATH)
         scene.sds.last_error = message
         raise ArtistError(message)
     matrix = run.meta.get("matrix_world")
@@ -164,10 +168,18 @@ def finish(run: Run, scene, view_layer):
 
 
 def run_blocking(context, run: Run):
-    """execute(): wait for the run here, then import. Returns the new object."""
+    """execute(): wait for the run here, then import. Returns the new object.
+
+    No panel is drawn meanwhile, so progress also goes to stdout (console_progress.py).
+    """
     scene = context.scene
+    console = ConsoleProgress(run.meta.get("name") or "run")
+
+    def changed(r):
+        sync_scene(r, scene)
+        console(r)
     try:
-        run.wait(on_change=lambda r: sync_scene(r, scene))
+        run.wait(on_change=changed)
     except BaseException:
         run.kill("Interrupted")
         stop_all("Interrupted")

@@ -1,0 +1,47 @@
+"""Progress lines on stdout for runs that block (scripts, background Blender).
+
+A blocking `bpy.ops.sds.generate()` shows no panel, so without these a headless run is
+silent for minutes. One line when the stage changes, then one per 5% of the steps (or
+every 30 s while nothing else is said), so a log stays short however long the run. No bpy.
+"""
+from __future__ import annotations
+
+import time
+
+PERCENT_EVERY = 5
+QUIET_SECONDS = 30.0
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return ""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f", {minutes}m {secs:02d}s left" if minutes else f", {secs}s left"
+
+
+class ConsoleProgress:
+    """Call with the Run after every pump; prints only when there is news."""
+
+    def __init__(self, label: str, out=print):
+        self.label = label
+        self.out = out
+        self.stage = None
+        self.percent = -PERCENT_EVERY
+        self.said_at = time.monotonic()
+
+    def __call__(self, run) -> None:
+        now = time.monotonic()
+        line = None
+        if run.stage != self.stage:
+            self.stage = run.stage
+            line = f"{run.stage}"
+        if run.steps and run.stage == "optimising":
+            percent = int(100 * run.step / run.steps)
+            if percent >= self.percent + PERCENT_EVERY or (line is None and now - self.said_at >= QUIET_SECONDS):
+                self.percent = percent - percent % PERCENT_EVERY
+                line = f"step {run.step}/{run.steps} ({percent}%{_time(run.seconds_left)})"
+        elif line is None and now - self.said_at >= QUIET_SECONDS:
+            line = f"{run.stage} (still working)"
+        if line is not None:
+            self.said_at = now
+            self.out(f"SDS [{self.label}]: {line}", flush=True)

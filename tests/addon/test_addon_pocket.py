@@ -1,0 +1,39 @@
+"""The pocket world is offered as a labelled model choice (the offline demo): a short real
+worker run makes a coloured object and prints its progress; a prompt outside the world is
+an error report with the engine's list of words, not a traceback; "pocket" typed in Model
+(the older way) still picks it."""
+from bpy_harness import HUB_MODEL
+
+
+def test_pocket_world_model_choice(blender, run_scenario):
+    facts = run_scenario(blender, "pocket", model=HUB_MODEL)
+    print(blender, facts["generate"]["console"], facts["unknown_prompt"]["message"])
+
+    assert facts["default_source"] == "STABLE_DIFFUSION"
+    label, description = facts["sources"]["POCKET"]
+    assert "offline demo" in label.lower() and "a red cube" in description
+    assert facts["sd_guidance"]["kind"] == "stable-diffusion" and facts["sd_guidance"]["model"] == HUB_MODEL
+    assert facts["pocket_guidance"] == {"kind": "pocket"}  # no model needed, Model left empty
+    assert facts["legacy_guidance"] == {"kind": "pocket"}
+
+    gen = facts["generate"]
+    assert gen["returned"] == ["FINISHED"], gen["message"]
+    obj = gen["object"]
+    assert obj["job_prompt"] == "a red cube" and gen["job_guidance"]["kind"] == "pocket"
+    assert obj["vertices"] > 0 and obj["col"] == ["FLOAT_COLOR", "POINT"] and obj["checkpoint_exists"]
+    assert gen["changes"]["objects"]["gained"] == [obj["name"]]
+    # a blocking run tells the console where it is: stages and steps
+    console = [line for line in gen["console"] if line.startswith("SDS [a red cube]: ")]
+    assert any("step 0/2 (0%" in line for line in console), gen["console"]
+    assert any(line.endswith("extracting mesh") for line in console), console
+    assert console[-1].endswith(": done"), console
+
+    bad = facts["unknown_prompt"]
+    assert bad["returned"] is None  # the operator reported an error
+    for words in ("'a ceramic teapot' is not in the pocket world", "a <colour> <shape>", "cube", "purple",
+                  "Change Prompt", "Model Source"):
+        assert words in bad["message"], (words, bad["message"])
+    assert "Traceback" not in bad["message"] and "\n" not in bad["message"].strip()
+    assert bad["last_error"] and bad["status"] == "Failed"
+    assert bad["scene_same"] and not bad["running"]
+    assert facts["torch_loaded"] is False
