@@ -1,9 +1,14 @@
-"""Bring a finished engine result into Blender headless: install the extension zip the
-way a user does, run `sds.import_result`, save a .blend and render the object from two
-sides. Runs in a Blender-side Python (bpy wheel, no torch):
+"""The main job in headless Blender, as a user does it: install the extension zip, choose the
+offline pocket world as the model, type "a red cube", press Generate (the add-on starts
+the engine worker with WORKER_PYTHON, follows it and imports the mesh), then save a .blend
+and render the object from two sides. Runs in a Blender-side Python (bpy wheel, no torch):
 
-    .venv-bpy45/bin/python scripts/demo_blend.py ZIP RESULT_DIR OUT_BLEND OUT_PNG
+    .venv-bpy45/bin/python scripts/demo_blend.py ZIP WORKER_PYTHON OUT_BLEND OUT_PNG [--steps N]
+
+--steps is for trying the script quickly; the demo uses the add-on's defaults. Run results
+(mesh.npz, log.jsonl, worker.log, checkpoint.pt) are kept in out/sds-cache/.
 """
+import argparse
 import math
 import os
 import sys
@@ -15,6 +20,8 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="sds-dem
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 from mathutils import Vector  # noqa: E402
+
+PROMPT = "a red cube"
 
 
 def render_side(scene, camera, target: Vector, azimuth_deg: float, path: str) -> np.ndarray:
@@ -31,13 +38,32 @@ def render_side(scene, camera, target: Vector, azimuth_deg: float, path: str) ->
     return pixels[::-1]
 
 
-def main(zip_path: str, result: str, out_blend: str, out_png: str) -> None:
+def install(zip_path: str):
     bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    if bpy.ops.sds.import_result(directory=result) != {"FINISHED"}:
-        raise SystemExit(f"import_result failed for {result}")
-    ob = bpy.context.view_layer.objects.active
+    addon = next(k for k in bpy.context.preferences.addons.keys() if k.endswith("blender_sds"))
+    return addon, bpy.context.preferences.addons[addon].preferences
+
+
+def generate(prefs, worker_python: str, cache: str, steps: int):
+    """Set what a user sets in the preferences and the SDS panel, and press Generate."""
+    prefs.worker_mode = "PYTHON"
+    prefs.worker_python = os.path.abspath(worker_python)
+    prefs.model_source = "POCKET"
+    prefs.cache_folder = cache
+    s = bpy.context.scene.sds
+    s.prompt = PROMPT
+    s.steps = steps  # 0: the preset's
+    print(f"== Generate: {PROMPT!r}, model {prefs.model_source}, preset {s.preset}, cameras {s.camera_source}, "
+          f"worker {prefs.worker_python}", flush=True)
+    try:
+        bpy.ops.sds.generate()
+    except RuntimeError as exc:  # the operator's error report
+        raise SystemExit(f"Generate failed: {str(exc).strip()}") from None
+    return bpy.context.view_layer.objects.active
+
+
+def stage(scene, ob):
+    """A camera, a sun and a light grey world around the generated object; returns its centre."""
     target = sum((ob.matrix_world @ Vector(c) for c in ob.bound_box), Vector()) / 8
     cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
     scene.collection.objects.link(cam)
@@ -54,18 +80,35 @@ def main(zip_path: str, result: str, out_blend: str, out_png: str) -> None:
     scene.cycles.samples = 16
     scene.render.resolution_x = scene.render.resolution_y = 256
     scene.render.image_settings.file_format = "PNG"
-    bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(out_blend))
+    return cam, target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("zip", "worker_python", "out_blend", "out_png"):
+        parser.add_argument(name)
+    parser.add_argument("--steps", type=int, default=0, help="optimisation steps (0: the add-on's preset)")
+    args = parser.parse_args()
+    addon, prefs = install(args.zip)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    cache = os.path.join(os.path.dirname(os.path.abspath(args.out_blend)), "sds-cache")
+    ob = generate(prefs, args.worker_python, cache, args.steps)
+    cam, target = stage(scene, ob)
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(args.out_blend))
     tmp = tempfile.mkdtemp(prefix="sds-demo-render-")
     sides = [render_side(scene, cam, target, az, os.path.join(tmp, f"side{i}.png"))
              for i, az in enumerate((-30.0, 150.0))]
     both = np.concatenate(sides, axis=1)
     image = bpy.data.images.new("demo", both.shape[1], both.shape[0], alpha=True)
     image.pixels.foreach_set(both[::-1].ravel())
-    image.filepath_raw = os.path.abspath(out_png)
+    image.filepath_raw = os.path.abspath(args.out_png)
     image.file_format = "PNG"
     image.save()
-    print(f"saved {out_blend} ({len(ob.data.polygons)} faces) and {out_png}")
+    print(f"saved {args.out_blend} ('{ob.name}': {len(ob.data.polygons)} faces; result {ob['sds_result']}) "
+          f"and {args.out_png}")
+    bpy.ops.preferences.addon_disable(module=addon)  # bpy 4.5 can hang at exit with classes registered
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main()
