@@ -16,6 +16,9 @@ def _time(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return ""
     minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f", {hours}h {minutes:02d}m left"
     return f", {minutes}m {secs:02d}s left" if minutes else f", {secs}s left"
 
 
