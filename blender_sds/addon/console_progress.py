@@ -30,6 +30,7 @@ class ConsoleProgress:
         self.out = out
         self.stage = None
         self.percent = -PERCENT_EVERY
+        self.step = None
         self.said_at = time.monotonic()
 
     def __call__(self, run) -> None:
@@ -42,7 +43,10 @@ class ConsoleProgress:
             percent = int(100 * run.step / run.steps)
             if percent >= self.percent + PERCENT_EVERY or (line is None and now - self.said_at >= QUIET_SECONDS):
                 self.percent = percent - percent % PERCENT_EVERY
-                line = f"step {run.step}/{run.steps} ({percent}%{_time(run.seconds_left)})"
+                same = run.step == self.step
+                self.step = run.step
+                line = f"step {run.step}/{run.steps} ({percent}%{_time(run.seconds_left)})" + (
+                    " still working" if same else "")
         elif line is None and now - self.said_at >= QUIET_SECONDS:
             line = f"{run.stage} (still working)"
         if line is not None:
