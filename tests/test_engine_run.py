@@ -170,3 +170,27 @@ def test_a_stale_result_is_removed_before_a_new_run(sd_folder, tmp_path):
     with pytest.raises(JobCancelled):
         run_job(validate_job(sd_job(sd_folder, steps=2)), out, device="cpu", should_stop=lambda: True)
     assert not (out / "mesh.npz").exists()
+
+
+def _shadings_drawn(run, draws: int = 600) -> dict:
+    counts: dict = {}
+    for _ in range(draws):
+        name = run.shading_for(run.job["optim"]["albedo_steps"])
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_the_engine_renders_only_shadings_its_judge_knows(sd_folder, tmp_path):
+    from blender_sds.engine.run import Run
+    text = Run(validate_job(sd_job(sd_folder)), tmp_path / "sd", torch.device("cpu"))
+    assert text.shading_for(0) == "albedo"  # albedo first, whatever the judge
+    counts = _shadings_drawn(text)
+    assert set(counts) == {"albedo", "textureless", "lambertian"}, counts
+    assert 100 < counts["albedo"] < 200, counts  # threestudio's 0.25 / 0.375 / 0.375
+    # The pocket world's images are flat albedo or lit: a grey render would be judged against nothing like it.
+    pocket = Run(validate_job({"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket"}, **SMALL,
+                               "render": {"resolution": 16, "samples": 16}}), tmp_path / "pocket",
+                 torch.device("cpu"))
+    counts = _shadings_drawn(pocket)
+    assert set(counts) == {"albedo", "lambertian"}, counts
+    assert 180 < counts["albedo"] < 300, counts  # 0.25 / (0.25 + 0.375) of the draws

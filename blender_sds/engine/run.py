@@ -60,7 +60,7 @@ class Run:
         bounds = job["bounds"]
         self.emit({"type": "stage", "name": "loading guidance"})
         self.guidance = build_guidance(job, device)
-        self.field = Field(bounds["center"], bounds["size"], FieldConfig.for_preset(job["preset"])).to(device)
+        self.field = Field(bounds["center"], bounds["size"], FieldConfig.for_job(job)).to(device)
         self.background = Background().to(device)
         self.occupancy = OccupancyGrid(bounds["center"], bounds["size"], device=device)
         optim = job["optim"]
@@ -116,14 +116,16 @@ class Run:
 
     # -- one step ----------------------------------------------------------------------------
     def shading_for(self, step: int) -> str:
-        if step < self.job["optim"]["albedo_steps"] or getattr(self.guidance, "shading", None) == "albedo":
+        """Albedo first, then threestudio's mix, restricted to the shadings the judge knows."""
+        allowed = [(name, p) for name, p in LIT_SHADING if name in self.guidance.shadings]
+        if step < self.job["optim"]["albedo_steps"] or [name for name, _ in allowed] == ["albedo"]:
             return "albedo"
-        r = self.rng.random()
-        for name, p in LIT_SHADING:
+        r = self.rng.random() * sum(p for _, p in allowed)
+        for name, p in allowed:
             if r < p:
                 return name
             r -= p
-        return "lambertian"
+        return allowed[-1][0]
 
     def light_for(self, views) -> torch.Tensor:
         center = self.field.center

@@ -39,6 +39,8 @@ class ScoreDistillation:
     """SDS with the diffusers CFG convention: eps_hat = eps_u + s * (eps_c - eps_u)."""
 
     needs_solid_background = False  # a kind whose targets need to know the background says so
+    # The shadings this judge has seen images like; the engine renders no other for it.
+    shadings: tuple[str, ...] = ("albedo", "textureless", "lambertian")
 
     def __init__(self, options: dict, alphas_cumprod: torch.Tensor, device: torch.device, seed: int):
         self.options = options

@@ -42,7 +42,7 @@ def load_view(path: str, camera: dict, resolution: int, key: str) -> tuple[torch
 
 class ReferenceGuidance(ScoreDistillation):
     needs_solid_background = True
-    shading = "albedo"  # the views are judged as they are; lit augmentation would not match them
+    shadings = ("albedo",)  # the views are judged as they are; lit augmentation would not match them
 
     def __init__(self, job: dict, device: torch.device):
         super().__init__(job["guidance"], scaled_linear_alphas_cumprod(), device, job["seed"])

@@ -94,6 +94,10 @@ class PocketGuidance(ScoreDistillation):
     """Pixel-space SDS judge with the closed-form denoiser of the pocket world's renders."""
 
     needs_solid_background = True
+    # The world's images are flat albedo or lit (issue 4); judged against them, textureless
+    # (grey) renders pulled shape towards white objects: a red cube came back at 47-69% of
+    # its silhouette area with them, 86% without (docs/QUALITY.md).
+    shadings = ("albedo", "lambertian")
 
     def __init__(self, job: dict, device, *, cond_views: int | None = None, world_views: int | None = None,
                  supersample: int = 2):
