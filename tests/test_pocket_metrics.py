@@ -13,10 +13,10 @@ from blender_sds.engine.pocket.raster import rasterise
 BOUNDS = {"center": (0.5, -1.0, 2.0), "size": 3.0}
 
 
-def truth_mesh(prompt, bounds=BOUNDS, resolution=48, colour=None):
+def truth_mesh(prompt, bounds=BOUNDS, resolution=56, colour=None):
     """The prompt's true shape as a marching-cubes mesh with its true (or another) linear colour."""
     _, shape = world.parse_prompt(prompt)
-    axis = np.linspace(-0.4, 0.4, resolution)
+    axis = np.linspace(-shapes.EXTENT - 0.04, shapes.EXTENT + 0.04, resolution)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     level = shapes.SHAPES[shape].level(torch.from_numpy(grid)).numpy().reshape((resolution,) * 3)
     v, f, _, _ = measure.marching_cubes(level, 0.0, spacing=(axis[1] - axis[0],) * 3)

@@ -78,7 +78,7 @@ def test_sphere_silhouette_has_the_analytic_area():
     orbit = fixed_orbits([30.0], [20.0], distance, fovy)
     alpha = world.render("sphere", (1, 1, 1), orbit, size, "albedo", supersample=4)[0, 3]
     focal = 0.5 * size / math.tan(math.radians(fovy) / 2)
-    radius_px = focal * math.tan(math.asin(0.3 / distance))  # the tangent cone is circular
+    radius_px = focal * math.tan(math.asin(shapes.SHAPES["sphere"].radius / distance))  # a circular tangent cone
     assert float(alpha.sum()) == pytest.approx(math.pi * radius_px**2, rel=0.01)
 
 
@@ -87,7 +87,8 @@ def test_cube_from_the_front_is_a_centred_square():
     orbit = fixed_orbits([0.0], [0.0], distance, fovy)
     alpha = world.render("cube", (1, 1, 1), orbit, size, "albedo", supersample=4)[0, 3]
     focal = 0.5 * size / math.tan(math.radians(fovy) / 2)
-    side_px = 2 * 0.25 * focal / (distance - 0.25)  # the near face hides the rest
+    half = shapes.SHAPES["cube"].half
+    side_px = 2 * half * focal / (distance - half)  # the near face hides the rest
     assert float(alpha.sum()) == pytest.approx(side_px**2, rel=0.01)
     rows, cols = (alpha > 0.5).nonzero(as_tuple=True)
     assert rows.max() - rows.min() == cols.max() - cols.min()
@@ -113,7 +114,7 @@ def test_ray_hits_lie_on_the_surface_with_outward_normals(name):
     shape = shapes.SHAPES[name]
     g = torch.Generator().manual_seed(0)
     origins = torch.nn.functional.normalize(torch.randn(4000, 3, generator=g, dtype=torch.float64), dim=-1) * 1.7
-    targets = 0.35 * (2 * torch.rand(4000, 3, generator=g, dtype=torch.float64) - 1)
+    targets = 1.2 * shapes.EXTENT * (2 * torch.rand(4000, 3, generator=g, dtype=torch.float64) - 1)
     dirs = torch.nn.functional.normalize(targets - origins, dim=-1)
     t, normal = shape.intersect(origins, dirs)
     hit = torch.isfinite(t)
@@ -133,7 +134,7 @@ def test_truth_points_are_on_the_surface_and_inside_the_middle_of_the_bounds(nam
     bounds = {"center": (1.0, -2.0, 0.5), "size": 3.0}
     points = world.truth_points(f"a red {name}", 5000, bounds, seed=1)
     unit = world.to_unit(points, bounds)
-    assert np.abs(unit).max() <= 0.3 + 1e-9
+    assert np.abs(unit).max() <= shapes.EXTENT + 1e-9
     assert float(shapes.SHAPES[name].level(torch.from_numpy(unit)).abs().max()) < 1e-9
     assert np.array_equal(points, world.truth_points(f"a red {name}", 5000, bounds, seed=1))
 

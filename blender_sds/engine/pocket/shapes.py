@@ -2,8 +2,10 @@
 
 Everything here lives in *unit* coordinates: the bounds box is centred on the origin with
 edge 1 (so it spans [-0.5, 0.5] on each axis) and Z is up, like Blender. Every shape is
-centred on the origin and stays within [-0.3, 0.3]^3, the middle 60% of the box; the world
-maps unit coordinates to a job's bounds as `center + size * p`.
+centred on the origin and stays within [-EXTENT, EXTENT]^3, the middle 84% of the box: an
+asset fills its bounds, and the engine's default cameras (1.5-2.0 bounds sizes away) then
+see it as large as DreamFusion's cameras see its objects. The world maps unit coordinates
+to a job's bounds as `center + size * p`.
 
 The renderer must not share code with the engine's volume renderer (it is the truth the
 engine is measured against), so each shape intersects rays analytically: a quadratic for
@@ -17,6 +19,7 @@ import math
 import torch
 
 MISS = float("inf")
+EXTENT = 0.42  # every shape lies within [-EXTENT, EXTENT]^3
 
 
 class Shape:
@@ -90,7 +93,7 @@ def _disc(n: int, radius: float, z: float, generator: torch.Generator) -> torch.
 class Sphere(Shape):
     name = "sphere"
 
-    def __init__(self, radius: float = 0.3):
+    def __init__(self, radius: float = EXTENT):
         self.radius = radius
 
     def intersect(self, origins, dirs):
@@ -161,7 +164,7 @@ def _quads_to_triangles(quads: list[list[tuple[float, float, float]]]) -> torch.
 class Cube(Polyhedron):
     name = "cube"
 
-    def __init__(self, half: float = 0.25):
+    def __init__(self, half: float = EXTENT * 5 / 6):
         self.half = half
         normals = torch.cat((torch.eye(3), -torch.eye(3))).double()
         quads = []
@@ -182,7 +185,7 @@ class Pyramid(Polyhedron):
 
     name = "pyramid"
 
-    def __init__(self, half: float = 0.28, height: float = 0.6):
+    def __init__(self, half: float = EXTENT * 14 / 15, height: float = 2 * EXTENT):
         self.half, self.height = half, height
         h = height / 2
         normals, offsets = [[0.0, 0.0, -1.0]], [h]
@@ -204,7 +207,7 @@ class Cylinder(Shape):
 
     name = "cylinder"
 
-    def __init__(self, radius: float = 0.25, half_height: float = 0.3):
+    def __init__(self, radius: float = EXTENT * 5 / 6, half_height: float = EXTENT):
         self.radius, self.half_height = radius, half_height
 
     def intersect(self, origins, dirs):
@@ -253,7 +256,7 @@ class Cone(Shape):
 
     name = "cone"
 
-    def __init__(self, radius: float = 0.3, half_height: float = 0.3):
+    def __init__(self, radius: float = EXTENT, half_height: float = EXTENT):
         self.radius, self.half_height = radius, half_height
         self.k = radius / (2 * half_height)  # radius lost per unit of height
 
@@ -310,7 +313,7 @@ class Torus(Shape):
     TRACE_STEPS = 2000
     HIT_EPSILON = 1e-5
 
-    def __init__(self, major: float = 0.22, minor: float = 0.08):
+    def __init__(self, major: float = EXTENT * 11 / 15, minor: float = EXTENT * 4 / 15):
         self.major, self.minor = major, minor
 
     def level(self, points):

@@ -1,8 +1,8 @@
 """The pocket world: six shapes x six colours, their prompts, their renders and their 3D truth.
 
 The world is fixed, like a pretrained model: every object is centred on the bounds centre
-in one canonical pose (axes along the world axes, flat bases down) and fits the middle 60%
-of the bounds box (unit coordinates within [-0.3, 0.3]^3, see `shapes.py`). Its images are
+in one canonical pose (axes along the world axes, flat bases down) and fits the middle 84%
+of the bounds box (unit coordinates within [-EXTENT, EXTENT]^3, see `shapes.py`). Its images are
 made by an analytic renderer (exact ray/primitive hits) that shares no code with the
 engine's volume renderer, so the engine is measured against something it cannot fake.
 
@@ -21,7 +21,7 @@ import torch
 
 from ..colour import srgb_to_linear
 from .cameras import Orbit, pixel_rays
-from .shapes import SHAPES, Shape
+from .shapes import EXTENT, SHAPES, Shape
 
 # sRGB albedo, saturated enough to tell apart and dark enough that light never clips them.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -40,7 +40,7 @@ LIGHT_NOISE = 0.5  # std of the light direction's jitter around the camera direc
 LIGHT_DISTANCE = (0.8, 1.5)  # light distance, in units of the camera's distance
 DEFAULT_BOUNDS = {"center": (0.0, 0.0, 0.0), "size": 2.0}
 SHADINGS = ("lambertian", "albedo", "textureless")
-BOUNDING_RADIUS = 0.3 * 3**0.5 + 1e-6  # every shape lies within [-0.3, 0.3]^3
+BOUNDING_RADIUS = EXTENT * 3**0.5 + 1e-6  # every shape lies within [-EXTENT, EXTENT]^3
 
 _ARTICLES = ("a", "an", "the", "one")
 
