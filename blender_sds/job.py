@@ -18,11 +18,27 @@ SCHEMA_VERSION = 1
 KINDS = ("stable-diffusion", "pixel", "reference", "pocket")
 TEXT_KINDS = ("stable-diffusion", "pixel", "pocket")
 PRESETS: dict[str, dict] = {
-    "draft": {"steps": 1500, "render": {"resolution": 64, "batch": 1, "samples": 96}, "mesh_resolution": 128},
-    "standard": {"steps": 5000, "render": {"resolution": 64, "batch": 1, "samples": 128}, "mesh_resolution": 192},
-    "high": {"steps": 10000, "render": {"resolution": 128, "batch": 2, "samples": 192}, "mesh_resolution": 256},
+    "draft": {"steps": 1500, "render": {"resolution": 64, "batch": 1, "samples": 96}, "mesh_resolution": 128,
+              "field": "draft"},
+    "standard": {"steps": 5000, "render": {"resolution": 64, "batch": 1, "samples": 128}, "mesh_resolution": 192,
+                 "field": "standard"},
+    "high": {"steps": 10000, "render": {"resolution": 128, "batch": 2, "samples": 192}, "mesh_resolution": 256,
+             "field": "high"},
 }
-DEFAULT_SCALE = {"stable-diffusion": 100.0, "pixel": 20.0, "reference": 1.0, "pocket": 10.0}
+# The pocket teacher is a pixel-space model of small images, there to run offline on a CPU:
+# its presets are sized so "standard" makes an asset in under 2 minutes on a 2-core CPU and
+# still passes the quality bar (docs/QUALITY.md has the figures).
+POCKET_PRESETS: dict[str, dict] = {
+    "draft": {"steps": 400, "render": {"resolution": 32, "batch": 1, "samples": 48}, "mesh_resolution": 64,
+              "field": "pocket"},
+    "standard": {"steps": 900, "render": {"resolution": 32, "batch": 1, "samples": 48}, "mesh_resolution": 96,
+                 "field": "pocket"},
+    "high": {"steps": 3000, "render": {"resolution": 64, "batch": 1, "samples": 96}, "mesh_resolution": 128,
+             "field": "draft"},
+}
+DEFAULT_SCALE = {"stable-diffusion": 100.0, "pixel": 20.0, "reference": 1.0, "pocket": 20.0}
+# Binary-entropy opacity weight: the pocket teacher's soft fields otherwise mesh too small (docs/QUALITY.md).
+DEFAULT_OPAQUE = {"pocket": 1000.0}
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 CAMERA_TYPES = ("PERSP", "ORTHO", "PANO")
@@ -36,6 +52,11 @@ _TOP_KEYS = ("version", "prompt", "negative_prompt", "seed", "preset", "steps", 
 _GUIDANCE_KEYS = ("kind", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
                   "view_dependent", "dtype", "low_vram", "views")
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
+
+
+def preset_table(kind: str) -> dict[str, dict]:
+    """The presets of a guidance kind: the pocket teacher has its own, sized for a CPU."""
+    return POCKET_PRESETS if kind == "pocket" else PRESETS
 
 
 class JobError(ValueError):
@@ -412,7 +433,7 @@ def _optim(raw, kind: str, steps: int) -> dict:
     return {"lr": _number(o.get("lr", 0.01), "optim.lr", gt=0),
             "orientation": _number(o.get("orientation", 10.0 if text else 0.0), "optim.orientation", ge=0),
             "sparsity": _number(o.get("sparsity", 1.0 if text else 0.0), "optim.sparsity", ge=0),
-            "opaque": _number(o.get("opaque", 0.0), "optim.opaque", ge=0),
+            "opaque": _number(o.get("opaque", DEFAULT_OPAQUE.get(kind, 0.0)), "optim.opaque", ge=0),
             "albedo_steps": albedo}
 
 
@@ -474,7 +495,7 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     if kind in TEXT_KINDS and not prompt.strip():
         raise JobError("prompt", f"must not be empty for guidance kind {kind!r}, got {prompt!r}")
     preset_name = _choice(raw.get("preset", "standard"), "preset", tuple(PRESETS), "preset")
-    preset = PRESETS[preset_name]
+    preset = preset_table(kind)[preset_name]
     steps = _int(raw.get("steps", preset["steps"]), "steps", 1, 100000)
 
     return {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from blender_sds.job import (DEFAULT_SCALE, KINDS, PRESETS, SCHEMA_VERSION, JobError, dumps, load_job,
-                             validate_camera, validate_job)
+from blender_sds.job import (DEFAULT_SCALE, KINDS, POCKET_PRESETS, PRESETS, SCHEMA_VERSION, JobError, dumps, load_job,
+                             preset_table, validate_camera, validate_job)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "JOB.md"
 
@@ -368,6 +368,21 @@ def test_preset_and_overrides(base):
 
     high["render"]["resolution"] = 1
     assert PRESETS["high"]["render"]["resolution"] == 128, "a job must not share the preset's dicts"
+
+
+def test_the_pocket_teacher_has_its_own_cpu_sized_presets():
+    pocket = validate_job({"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket"}})
+    assert pocket["preset"] == "standard"
+    assert pocket["steps"] == POCKET_PRESETS["standard"]["steps"] < PRESETS["standard"]["steps"]
+    assert pocket["render"] == {k: POCKET_PRESETS["standard"]["render"][k] for k in ("resolution", "batch", "samples")}
+    assert pocket["mesh"]["resolution"] == POCKET_PRESETS["standard"]["mesh_resolution"]
+    assert pocket["optim"]["opaque"] == 1000.0 and pocket["guidance"]["scale"] == DEFAULT_SCALE["pocket"]
+    # Overrides still win, and other kinds keep the shared table.
+    high = validate_job({"version": 1, "prompt": "a red cube", "preset": "high", "steps": 7,
+                         "guidance": {"kind": "pocket"}, "optim": {"opaque": 0}})
+    assert high["steps"] == 7 and high["optim"]["opaque"] == 0.0
+    assert high["render"]["resolution"] == POCKET_PRESETS["high"]["render"]["resolution"]
+    assert preset_table("pixel") is PRESETS and preset_table("pocket") is POCKET_PRESETS
 
 
 def test_numbers_accept_ints_and_grad_clip_ramp(base):

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from blender_sds.job import POCKET_PRESETS
 from blender_sds.engine import bench_quality
 from blender_sds.engine.pocket import world
 
@@ -23,11 +24,12 @@ def test_the_sample_covers_every_shape_and_colour_without_repeats(n):
 
 def test_options_build_validated_jobs():
     args = bench_quality.parse_args(["--prompt", "A Red Cube", "--steps", "7", "--preset", "draft",
-                                     "--override", json.dumps({"optim": {"opaque": 5}, "render": {"resolution": 32}})])
+                                     "--override", json.dumps({"optim": {"opaque": 5}, "render": {"resolution": 24}})])
     assert bench_quality.prompts_for(args) == ["a red cube"]
     job = bench_quality.job_for("a red cube", args)
     assert job["guidance"]["kind"] == "pocket" and job["steps"] == 7 and job["preset"] == "draft"
-    assert job["optim"]["opaque"] == 5 and job["render"]["resolution"] == 32 and job["render"]["samples"] == 96
+    assert job["optim"]["opaque"] == 5 and job["render"]["resolution"] == 24
+    assert job["render"]["samples"] == POCKET_PRESETS["draft"]["render"]["samples"]  # the rest from the preset
     assert bench_quality.prompts_for(bench_quality.parse_args(["--all"])) == list(world.PROMPTS)
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..job import preset_table
+
 PRIMES = (1, 2654435761, 805459861)
 # Points per field query when nothing needs gradients (previews, occupancy, meshing): the
 # encoding's working set is ~2 KB a point, so an unchunked 2-view preview took gigabytes.
@@ -95,7 +97,14 @@ class FieldConfig:
     density_scale: float = 10.0
 
     @classmethod
+    def for_job(cls, job: dict) -> "FieldConfig":
+        """The field size the job's preset names for its guidance kind (job.preset_table)."""
+        return cls.for_preset(preset_table(job["guidance"]["kind"])[job["preset"]]["field"])
+
+    @classmethod
     def for_preset(cls, preset: str) -> "FieldConfig":
+        if preset == "pocket":  # 32 px renders resolve nothing finer; finer levels only hold noise
+            return cls(levels=8, log2_table=17, max_resolution=128)
         if preset == "draft":
             return cls(levels=10, log2_table=17, max_resolution=256)
         if preset == "high":
