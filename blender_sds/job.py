@@ -39,6 +39,10 @@ POCKET_PRESETS: dict[str, dict] = {
 DEFAULT_SCALE = {"stable-diffusion": 100.0, "pixel": 20.0, "reference": 1.0, "pocket": 20.0}
 # Binary-entropy opacity weight: the pocket teacher's soft fields otherwise mesh too small (docs/QUALITY.md).
 DEFAULT_OPAQUE = {"pocket": 1000.0}
+# Std of the orbit cameras' look-at point, bounds sizes (threestudio's centre perturbation). The
+# pocket world's objects are centred by definition, and its memorising teacher answers an
+# off-centre render with a centred image: the mismatch shrank its spheres by ~8% (docs/QUALITY.md).
+DEFAULT_TARGET_JITTER = {"pocket": 0.0}
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 CAMERA_TYPES = ("PERSP", "ORTHO", "PANO")
@@ -402,7 +406,7 @@ def _cameras(raw, kind: str) -> dict:
     rig = [validate_camera(cam, f"cameras.rig[{i}]") for i, cam in enumerate(rig_raw)]
     if mode in ("rig", "mixed") and not rig and kind != "reference":
         raise JobError("cameras.rig", f"must list at least one camera when cameras.mode is {mode!r}, got []")
-    jitter = _object(c.get("jitter", {}), "cameras.jitter", ("position", "rotation"))
+    jitter = _object(c.get("jitter", {}), "cameras.jitter", ("position", "rotation", "target"))
     return {
         "mode": mode,
         "rig": rig,
@@ -411,7 +415,9 @@ def _cameras(raw, kind: str) -> dict:
         "distance": _range(c.get("distance", [1.5, 2.0]), "cameras.distance", positive=True),
         "fovy": _range(c.get("fovy", [40.0, 70.0]), "cameras.fovy", lo=1, hi=170),
         "jitter": {"position": _number(jitter.get("position", 0.02), "cameras.jitter.position", ge=0),
-                   "rotation": _number(jitter.get("rotation", 1.0), "cameras.jitter.rotation", ge=0)},
+                   "rotation": _number(jitter.get("rotation", 1.0), "cameras.jitter.rotation", ge=0),
+                   "target": _number(jitter.get("target", DEFAULT_TARGET_JITTER.get(kind, 0.05)),
+                                     "cameras.jitter.target", ge=0)},
         "rig_fraction": _number(c.get("rig_fraction", 0.5), "cameras.rig_fraction", ge=0, le=1),
     }
 

@@ -86,3 +86,20 @@ def test_orbit_rig_and_mixed_sampling():
     assert 0.2 < from_rig < 0.8
     assert math.isclose(float(mixed.fx[mixed.view_index >= 0][0]), square_crop(scenes.orbit_cameras(3, 64)[0], 32)[0],
                         rel_tol=1e-5)
+
+
+def test_orbit_look_at_jitter_follows_the_job():
+    def centre_offsets(target: float) -> np.ndarray:
+        job = validate_job({"version": 1, "prompt": "a cat", "guidance": {"kind": "pixel", "model": "org/m"},
+                            "bounds": {"center": [1.0, 2.0, 0.5], "size": 3.0},
+                            "cameras": {"jitter": {"target": target}}})
+        views = CameraSampler(job, torch.device("cpu"), torch.Generator().manual_seed(0)).sample(64)
+        offsets = []
+        for k in range(views.size):
+            cam = {"c2w": views.c2w[k].double().numpy(), "fx": float(views.fx[k]), "fy": float(views.fy[k]),
+                   "cx": float(views.cx[k]), "cy": float(views.cy[k])}
+            offsets.append(project(cam, np.array([[1.0, 2.0, 0.5]]))[0] - [cam["cx"], cam["cy"]])
+        return np.abs(np.array(offsets))
+
+    assert centre_offsets(0.0).max() < 1e-3  # the bounds centre is the image centre
+    assert centre_offsets(0.05).max() > 1.0  # the default shakes it by pixels

@@ -234,7 +234,7 @@ def test_design_example_normalises_with_defaults(base):
     assert c["mode"] == "mixed" and c["rig_fraction"] == 0.5
     assert c["elevation"] == [-10.0, 45.0] and c["azimuth"] == [-180.0, 180.0]
     assert c["distance"] == [1.5, 2.0] and c["fovy"] == [40.0, 70.0]
-    assert c["jitter"] == {"position": 0.02, "rotation": 1.0}
+    assert c["jitter"] == {"position": 0.02, "rotation": 1.0, "target": 0.05}
     (cam,) = c["rig"]
     assert cam["c2w"] == [[float(x) for x in row] for row in RIG_C2W]
     assert all(isinstance(x, float) for row in cam["c2w"] for x in row)
@@ -377,6 +377,7 @@ def test_the_pocket_teacher_has_its_own_cpu_sized_presets():
     assert pocket["render"] == {k: POCKET_PRESETS["standard"]["render"][k] for k in ("resolution", "batch", "samples")}
     assert pocket["mesh"]["resolution"] == POCKET_PRESETS["standard"]["mesh_resolution"]
     assert pocket["optim"]["opaque"] == 1000.0 and pocket["guidance"]["scale"] == DEFAULT_SCALE["pocket"]
+    assert pocket["cameras"]["jitter"]["target"] == 0.0  # its objects are centred
     # Overrides still win, and other kinds keep the shared table.
     high = validate_job({"version": 1, "prompt": "a red cube", "preset": "high", "steps": 7,
                          "guidance": {"kind": "pocket"}, "optim": {"opaque": 0}})

@@ -129,7 +129,8 @@ class CameraSampler:
         distance = self._uniform(n, *cfg["distance"]) * self.size
         fovy = self._uniform(n, *cfg["fovy"])
         eye = orbit_position(self.center, azimuth, elevation, distance)
-        target = self.center + 0.05 * self.size * torch.randn(n, 3, generator=self.generator, device=self.device)
+        target = self.center + cfg["jitter"]["target"] * self.size * torch.randn(
+            n, 3, generator=self.generator, device=self.device)
         eye = eye + 0.02 * self.size * (2 * torch.rand(n, 3, generator=self.generator, device=self.device) - 1)
         up = torch.tensor(WORLD_UP, device=self.device) + 0.02 * torch.randn(n, 3, generator=self.generator,
                                                                             device=self.device)

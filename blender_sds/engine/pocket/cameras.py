@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...job import DEFAULT_TARGET_JITTER
+
 # The engine's default orbit ranges (docs/JOB.md `cameras`).
 ELEVATION = (-10.0, 45.0)
 AZIMUTH = (-180.0, 180.0)
@@ -19,7 +21,9 @@ DISTANCE = (1.5, 2.0)
 FOVY = (40.0, 70.0)
 
 
-TARGET_JITTER = 0.05  # std of the look-at point around the centre, units of bounds size
+# std of the look-at point around the centre, units of bounds size: as a pocket job's orbit
+# cameras draw it (none: the world's objects are centred; see job.DEFAULT_TARGET_JITTER).
+TARGET_JITTER = DEFAULT_TARGET_JITTER["pocket"]
 EYE_JITTER = 0.02  # half-width of the uniform jitter of the camera position
 UP_JITTER = 0.02  # std of the jitter of the up vector (a slight roll)
 
