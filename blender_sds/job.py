@@ -14,6 +14,8 @@ import numbers
 import os
 import re
 
+from .pocket_words import parse_prompt as parse_pocket_prompt
+
 SCHEMA_VERSION = 1
 KINDS = ("stable-diffusion", "pixel", "reference", "pocket")
 TEXT_KINDS = ("stable-diffusion", "pixel", "pocket")
@@ -500,6 +502,14 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     prompt = _str(raw.get("prompt", ""), "prompt")
     if kind in TEXT_KINDS and not prompt.strip():
         raise JobError("prompt", f"must not be empty for guidance kind {kind!r}, got {prompt!r}")
+    negative = _str(raw.get("negative_prompt", ""), "negative_prompt")
+    if kind == "pocket":  # the offline world draws only its own words: say so before any worker starts
+        for key, text in (("prompt", prompt), ("negative_prompt", negative)):
+            if key == "prompt" or text.strip():
+                try:
+                    parse_pocket_prompt(text)
+                except ValueError as error:
+                    raise JobError(key, str(error).split(": ", 1)[1]) from None
     preset_name = _choice(raw.get("preset", "standard"), "preset", tuple(PRESETS), "preset")
     preset = preset_table(kind)[preset_name]
     steps = _int(raw.get("steps", preset["steps"]), "steps", 1, 100000)
@@ -507,7 +517,7 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     return {
         "version": SCHEMA_VERSION,
         "prompt": prompt,
-        "negative_prompt": _str(raw.get("negative_prompt", ""), "negative_prompt"),
+        "negative_prompt": negative,
         "seed": _int(raw.get("seed", 0), "seed", 0, 2**32 - 1),
         "preset": preset_name,
         "steps": steps,

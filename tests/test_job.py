@@ -343,7 +343,8 @@ def test_reference_job_with_views(base):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_scale_and_view_dependence_default_by_kind(base, kind):
-    job = reference_job() if kind == "reference" else {"version": 1, "prompt": "a cat", "guidance": {"kind": kind}}
+    prompt = "a red cube" if kind == "pocket" else "a cat"
+    job = reference_job() if kind == "reference" else {"version": 1, "prompt": prompt, "guidance": {"kind": kind}}
     if kind in ("stable-diffusion", "pixel"):
         job["guidance"]["model"] = "org/model"
     g = validate_job(job, base_dir=base)["guidance"]
@@ -384,6 +385,19 @@ def test_the_pocket_teacher_has_its_own_cpu_sized_presets():
     assert high["steps"] == 7 and high["optim"]["opaque"] == 0.0
     assert high["render"]["resolution"] == POCKET_PRESETS["high"]["render"]["resolution"]
     assert preset_table("pixel") is PRESETS and preset_table("pocket") is POCKET_PRESETS
+
+
+@pytest.mark.parametrize("key, words", [("prompt", "a ceramic teapot"), ("negative_prompt", "blurry")])
+def test_a_pocket_prompt_outside_its_world_is_refused_by_name(key, words):
+    raw = {"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket"}, key: words}
+    with pytest.raises(JobError) as caught:
+        validate_job(raw)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{key}: {words!r} is not in the pocket world")
+    assert "a <colour> <shape>" in str(caught.value) and "pyramid" in str(caught.value)
+    # Free spelling passes; other kinds take any words.
+    assert validate_job(dict(raw, **{key: " The Purple Torus. "}))[key] == " The Purple Torus. "
+    assert validate_job({"version": 1, "prompt": words, "guidance": {"kind": "pixel", "model": "o/m"}})
 
 
 def test_numbers_accept_ints_and_grad_clip_ramp(base):

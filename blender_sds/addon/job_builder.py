@@ -42,7 +42,10 @@ def validate(job: dict, base_dir: str) -> dict:
     try:
         return job_schema.validate_job(job, base_dir)
     except job_schema.JobError as exc:
-        raise ArtistError(f"Job setting {exc}: change {_where(exc.key)}") from None
+        hint = _where(exc.key)
+        if "not in the pocket world" in exc.problem:
+            hint += ", or set Model Source to Stable Diffusion in " + preferences.PREFS_PATH
+        raise ArtistError(f"Job setting {exc}: change {hint}") from None
 
 
 POCKET_MODEL = "pocket"  # Model set to this word picks the pocket world too (before Model Source existed)

@@ -686,6 +686,7 @@ def scenario_pocket(args):
 
     prefs.model_source = "STABLE_DIFFUSION"
     prefs.model = " Pocket "  # what Model held before Model Source existed
+    scene.sds.prompt = "a red cube"
     out["legacy_guidance"] = exported("legacy")
     out["torch_loaded"] = "torch" in sys.modules
     return out

@@ -14,11 +14,10 @@ RGB + alpha, so any solid background can be composited later.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 
+from ...pocket_words import COLOUR_NAMES, SHAPE_NAMES, parse_prompt, prompt_for  # noqa: F401 (re-exported)
 from ..colour import srgb_to_linear
 from .cameras import Orbit, pixel_rays
 from .shapes import EXTENT, SHAPES, Shape
@@ -32,8 +31,8 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "white": (0.90, 0.90, 0.90),
     "purple": (0.55, 0.20, 0.75),
 }
-SHAPE_NAMES: tuple[str, ...] = tuple(SHAPES)
-COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+if tuple(COLOURS) != COLOUR_NAMES or tuple(SHAPES) != SHAPE_NAMES:
+    raise ImportError("pocket world: the vocabulary (blender_sds/pocket_words.py) and the world disagree")
 AMBIENT = 0.1
 DIFFUSE = 0.9
 LIGHT_NOISE = 0.5  # std of the light direction's jitter around the camera direction
@@ -42,32 +41,7 @@ DEFAULT_BOUNDS = {"center": (0.0, 0.0, 0.0), "size": 2.0}
 SHADINGS = ("lambertian", "albedo", "textureless")
 BOUNDING_RADIUS = EXTENT * 3**0.5 + 1e-6  # every shape lies within [-EXTENT, EXTENT]^3
 
-_ARTICLES = ("a", "an", "the", "one")
-
-
-def prompt_for(colour: str, shape: str) -> str:
-    return f"a {colour} {shape}"
-
-
 PROMPTS: tuple[str, ...] = tuple(prompt_for(c, s) for s in SHAPE_NAMES for c in COLOUR_NAMES)
-
-
-def parse_prompt(prompt: str) -> tuple[str, str]:
-    """'a red cube' -> ('red', 'cube'); case, spacing, an article and a final full stop are free.
-
-    Anything else raises ValueError that names the prompt and lists the world's words,
-    because the pocket world knows nothing outside them.
-    """
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompt: the pocket world needs a text prompt, got {prompt!r}")
-    words = re.sub(r"[.!]+$", "", prompt.strip().lower()).split()
-    if words and words[0] in _ARTICLES:
-        words = words[1:]
-    if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
-        return words[0], words[1]
-    raise ValueError(
-        f"prompt: {prompt!r} is not in the pocket world; it knows \"a <colour> <shape>\" with colour one of "
-        f"{', '.join(COLOUR_NAMES)} and shape one of {', '.join(SHAPE_NAMES)} (e.g. \"a red cube\")")
 
 
 def shape_of(prompt: str) -> Shape:
