@@ -28,8 +28,8 @@ PRESETS: dict[str, dict] = {
              "field": "high"},
 }
 # The pocket teacher is a pixel-space model of small images, there to run offline on a CPU:
-# its presets are sized so "standard" makes an asset in under 2 minutes on a 2-core CPU and
-# still passes the quality bar (docs/QUALITY.md has the figures).
+# its presets are sized so "standard" makes an asset in under 2 minutes on a 2-core CPU
+# (docs/QUALITY.md has what that reaches).
 POCKET_PRESETS: dict[str, dict] = {
     "draft": {"steps": 400, "render": {"resolution": 32, "batch": 1, "samples": 48}, "mesh_resolution": 64,
               "field": "pocket"},
@@ -43,7 +43,7 @@ DEFAULT_SCALE = {"stable-diffusion": 100.0, "pixel": 20.0, "reference": 1.0, "po
 DEFAULT_OPAQUE = {"pocket": 1000.0}
 # Std of the orbit cameras' look-at point, bounds sizes (threestudio's centre perturbation). The
 # pocket world's objects are centred by definition, and its memorising teacher answers an
-# off-centre render with a centred image: the mismatch shrank its spheres by ~8% (docs/QUALITY.md).
+# off-centre render with a centred image, which shrinks the result (docs/QUALITY.md).
 DEFAULT_TARGET_JITTER = {"pocket": 0.0}
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
