@@ -111,3 +111,13 @@ def wait_for(predicate, seconds: float, poll: float = 0.2):
             return value
         time.sleep(poll)
     return predicate()
+
+
+def takes_new_jobs(port: int) -> bool:
+    """Whether the server is free: a new (bad) job gets its validation answer, not 'busy'."""
+    probe = Client(port)
+    probe.hello()
+    probe.send(protocol.run({"version": 99}, "", ""))
+    reply = probe.until(("error",))
+    probe.close()
+    return reply.get("key") == "version"

@@ -15,8 +15,7 @@ from bpy_harness import BPY_ENVS, REPO
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from blender_sds import protocol  # noqa: E402
-from serve_client import TOKEN, Client, files_outside, start_serve, stop_serve, wait_for  # noqa: E402
+from serve_client import TOKEN, files_outside, start_serve, stop_serve, takes_new_jobs, wait_for  # noqa: E402
 
 
 # The panel's preview image of the run (the final preview arrives before the result): the
@@ -117,14 +116,7 @@ def test_remote_worker_generates_refines_and_refuses_like_a_local_one(newest_ble
     assert facts["torch_loaded"] is False
 
     # The server stopped the abandoned job and takes the next one; it wrote only under its root.
-    def free():
-        probe = Client(port)
-        probe.hello()
-        probe.send(protocol.run({"version": 99}, "", ""))
-        answer = probe.until(("error",))
-        probe.close()
-        return answer.get("key") == "version"
-    assert wait_for(free, 60, poll=1.0), "the server stayed busy after the add-on went away"
+    assert wait_for(lambda: takes_new_jobs(port), 60, poll=1.0), "the server stayed busy after the add-on went away"
     assert files_outside(serve_tmp) == [] and proc.poll() is None
     jobs = list((serve_tmp / "root" / "jobs").iterdir())
     assert len(jobs) >= 3 and all((j / "inputs").is_dir() for j in jobs)
