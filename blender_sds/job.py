@@ -56,7 +56,7 @@ _MISSING = object()
 _TOP_KEYS = ("version", "prompt", "negative_prompt", "seed", "preset", "steps", "bounds", "guidance",
              "cameras", "render", "optim", "init", "mesh", "output")
 _GUIDANCE_KEYS = ("kind", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
-                  "view_dependent", "dtype", "low_vram", "views")
+                  "view_dependent", "dtype", "low_vram", "views", "pose_matched")
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
 
 
@@ -397,7 +397,17 @@ def _guidance(raw, base_dir) -> dict:
         "dtype": _choice(g.get("dtype", "auto"), "guidance.dtype", ("auto", "float16", "float32"), "dtype"),
         "low_vram": _bool(g.get("low_vram", False), "guidance.low_vram"),
         "views": views,
+        "pose_matched": _pose_matched(g.get("pose_matched", kind == "pocket"), kind),
     }
+
+
+def _pose_matched(value, kind: str) -> bool:
+    """Only the pocket teacher can render its data at the judged camera, and does by default:
+    camera-blind, its memorised data cannot break a blob's symmetry (docs/QUALITY.md)."""
+    matched = _bool(value, "guidance.pose_matched")
+    if matched and kind != "pocket":
+        raise JobError("guidance.pose_matched", f"only for guidance kind 'pocket', not {kind!r}; got true")
+    return matched
 
 
 def _cameras(raw, kind: str) -> dict:

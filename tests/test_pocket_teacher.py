@@ -15,7 +15,9 @@ SIZE = 12
 
 
 def tiny_job(**extra):
-    raw = {"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket"}, "render": {"resolution": SIZE}}
+    """A pocket job at SIZE px; its teacher is the camera-blind one unless `guidance` says pose_matched."""
+    raw = {"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket", "pose_matched": False},
+           "render": {"resolution": SIZE}}
     for key, value in extra.items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)

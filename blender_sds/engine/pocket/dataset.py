@@ -77,7 +77,7 @@ class ViewSet:
                           for k in sets[0].__dict__})
 
 
-def _seed(*parts) -> int:
+def seed_of(*parts) -> int:
     """A stable seed from names and numbers (Python's hash() changes between runs)."""
     return zlib.crc32("/".join(str(p) for p in parts).encode())
 
@@ -109,9 +109,9 @@ def one_thread():
 def render_views(prompt: str, size: int, count: int, seed: int = 0, supersample: int = 2) -> ViewSet:
     colour, shape = world.parse_prompt(prompt)
     key = (colour, shape, size, count, seed)
-    orbit = random_orbits(count, _seed("cameras", *key))
-    lights = world.random_lights(orbit, _seed("lights", *key))
-    g = torch.Generator().manual_seed(_seed("shading", *key))
+    orbit = random_orbits(count, seed_of("cameras", *key))
+    lights = world.random_lights(orbit, seed_of("lights", *key))
+    g = torch.Generator().manual_seed(seed_of("shading", *key))
     flat = torch.rand(count, generator=g) < ALBEDO_FRACTION
     shading = ["albedo" if f else "lambertian" for f in flat.tolist()]
     with one_thread():
@@ -123,7 +123,7 @@ def render_views(prompt: str, size: int, count: int, seed: int = 0, supersample:
 @lru_cache(maxsize=2)
 def world_views(size: int, per_object: int = WORLD_VIEWS_PER_OBJECT, seed: int = 0, supersample: int = 2) -> ViewSet:
     """`per_object` views of every object of the world: the unconditional data."""
-    return ViewSet.concat([render_views(p, size, per_object, _seed("world", seed), supersample)
+    return ViewSet.concat([render_views(p, size, per_object, seed_of("world", seed), supersample)
                            for p in world.PROMPTS])
 
 

@@ -17,6 +17,13 @@ branches see only data framed like the judged image (apparent size of the bounds
 +-10%), the way camera-conditioned models (Zero-1-to-3, MVDream) share the camera between
 the conditional and unconditional branch.
 
+By default (`guidance.pose_matched`) both branches' data are instead rendered at each
+judged camera (posed.py), with random lights and shadings: a camera-conditioned teacher.
+Camera-blind, a memorising teacher answers a render with a neighbour in another pose, and
+for a 4-fold object the neighbours of a symmetric blob sit at every phase, so pyramids
+and cubes came back as bodies of revolution (docs/QUALITY.md). Direction buckets and
+framing are then moot: every datum has the judged camera.
+
 Data are premultiplied, so compositing onto each judged image's background is folded into
 the distance algebra: with x_i = Q_i + k, Q_i = 2 P_i - 2 A_i bg, k = 2 bg - 1,
     |z - s x_i|^2 = |y|^2 - 2 s y.Q_i + s^2 |Q_i|^2,   y = z - s k,
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 from ..guidance.base import ScoreDistillation
 from ..guidance.prompts import direction_index
 from ..views import ViewBatch
-from . import dataset, world
+from . import dataset, posed, world
 from .dataset import ViewSet
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -109,19 +116,24 @@ class PocketGuidance(ScoreDistillation):
         self.center = torch.tensor(job["bounds"]["center"], dtype=torch.float32, device=self.device)
         self.bounds_size = float(job["bounds"]["size"])
         self.view_dependent = bool(options.get("view_dependent", True))
+        self.pose_matched = bool(options.get("pose_matched", False))
         r = self.resolution
+        negative = (job.get("negative_prompt") or "").strip()
+        self.negative = None
+        if negative:
+            try:
+                self.negative = world.prompt_for(*world.parse_prompt(negative))
+            except ValueError as error:
+                raise ValueError("negative_prompt" + str(error)[len("prompt"):]) from None
+        if self.pose_matched:  # data are rendered per judged camera (posed.py); nothing to cache
+            self.pose_generator = torch.Generator().manual_seed(dataset.seed_of("posed", job.get("seed", 0)))
+            return
         cond_views = cond_views or dataset.scaled_count(dataset.COND_VIEWS, r, 96)
         world_views = world_views or dataset.scaled_count(dataset.WORLD_VIEWS_PER_OBJECT, r, 8)
         self.cond = dataset.object_views(world.prompt_for(self.colour, self.shape), r, cond_views, 0,
                                          supersample).to(self.device)
-        negative = (job.get("negative_prompt") or "").strip()
-        if negative:
-            try:
-                neg_colour, neg_shape = world.parse_prompt(negative)
-            except ValueError as error:
-                raise ValueError("negative_prompt" + str(error)[len("prompt"):]) from None
-            self.uncond = dataset.object_views(world.prompt_for(neg_colour, neg_shape), r, cond_views, 1,
-                                               supersample).to(self.device)
+        if self.negative:
+            self.uncond = dataset.object_views(self.negative, r, cond_views, 1, supersample).to(self.device)
         else:
             self.uncond = dataset.unconditional_views(self.cond, dataset.world_views(r, world_views, 0, supersample)
                                                       .to(self.device))
@@ -155,10 +167,26 @@ class PocketGuidance(ScoreDistillation):
         allowed = torch.ones(views.size, len(self.uncond), dtype=torch.bool, device=self.device)
         return framing_mask(self.uncond.framing, self.judged_framing(views), allowed, FRAMING_MINIMUM[1])
 
+    def posed_data(self, views: ViewBatch) -> tuple[ViewSet, torch.Tensor, ViewSet, torch.Tensor]:
+        """(cond, cond_mask, uncond, uncond_mask) rendered at the judged cameras (`guidance.pose_matched`)."""
+        orbit = posed.judged_orbit(views, self.center, self.bounds_size)
+        g = self.pose_generator
+        cond, owner = posed.object_views(world.prompt_for(self.colour, self.shape), orbit, self.resolution, g)
+        if self.negative:
+            uncond, u_owner = posed.object_views(self.negative, orbit, self.resolution, g)
+        else:
+            uncond, u_owner = posed.world_views(orbit, self.resolution, g)
+        return (cond.to(self.device), posed.owner_mask(owner, views.size, self.device),
+                uncond.to(self.device), posed.owner_mask(u_owner, views.size, self.device))
+
     def predict_noise(self, z_t, t, views):
         a = self.alphas_cumprod[t]
         bg = views.background if views.background is not None else torch.ones(z_t.shape[0], 3)
         bg = bg.to(self.device, z_t.dtype)
-        x0_cond = posterior_mean(z_t, a, self.cond, bg, self.cond_mask(views))
-        x0_uncond = posterior_mean(z_t, a, self.uncond, bg, self.uncond_mask(views))
+        if self.pose_matched:
+            cond, cond_mask, uncond, uncond_mask = self.posed_data(views)
+        else:
+            cond, cond_mask, uncond, uncond_mask = self.cond, self.cond_mask(views), self.uncond, self.uncond_mask(views)
+        x0_cond = posterior_mean(z_t, a, cond, bg, cond_mask)
+        x0_uncond = posterior_mean(z_t, a, uncond, bg, uncond_mask)
         return epsilon(z_t, x0_cond, a), epsilon(z_t, x0_uncond, a)

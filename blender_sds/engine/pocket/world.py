@@ -87,47 +87,53 @@ def random_lights(orbit: Orbit, seed: int) -> torch.Tensor:
 
 
 def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambertian", lights=None,
-           supersample: int = 2, chunk: int = 64, ambient: float = AMBIENT, diffuse: float = DIFFUSE) -> torch.Tensor:
-    """Premultiplied RGBA renders (N,4,size,size) float32 of one object in unit coordinates.
+           supersample: int = 2, chunk: int = 64, ambient: float = AMBIENT, diffuse: float = DIFFUSE,
+           copies: int = 1) -> torch.Tensor:
+    """Premultiplied RGBA renders (N*copies,4,size,size) float32 of one object in unit coordinates.
 
-    `albedo` is sRGB (3,); `shading` is one name of SHADINGS or a list of one per view;
-    `lights` (N,3) point-light positions (unit coordinates) for lit views. Each pixel
+    `albedo` is sRGB (3,); `shading` is one name of SHADINGS or a list of one per render;
+    `lights` (N*copies,3) point-light positions (unit coordinates) for lit renders. Each
+    camera is rendered `copies` times in a row (render i*copies + c), each copy with its own
+    shading and light, from one ray cast: the hits do not depend on the light. Each pixel
     averages supersample^2 rays, so edges are soft like a volume render's.
     """
     if isinstance(shape, str):
         shape = SHAPES[shape]
     n = len(orbit)
-    modes = [shading] * n if isinstance(shading, str) else list(shading)
-    if len(modes) != n or any(m not in SHADINGS for m in modes):
-        raise ValueError(f"shading: one of {SHADINGS} per view, got {shading!r}")
+    total = n * copies
+    modes = [shading] * total if isinstance(shading, str) else list(shading)
+    if len(modes) != total or any(m not in SHADINGS for m in modes):
+        raise ValueError(f"shading: one of {SHADINGS} per render, got {shading!r}")
     if lights is None and any(m != "albedo" for m in modes):
-        raise ValueError("lights: lit shading needs a light position per view")
+        raise ValueError("lights: lit shading needs a light position per render")
     albedo = torch.as_tensor(np.asarray(albedo, dtype=np.float32))
     lit_code = torch.tensor([SHADINGS.index(m) for m in modes])
-    out = torch.empty(n, 4, size, size, dtype=torch.float32)
+    out = torch.empty(total, 4, size, size, dtype=torch.float32)
     s = size * supersample
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         idx = torch.arange(start, stop)
         pixel, o, d = pixel_rays(orbit.subset(idx), size, supersample, radius=BOUNDING_RADIUS)
-        view = idx[pixel // (s * s)]
+        camera = idx[pixel // (s * s)]
         o, d = o.float(), d.float()
         t, normal = shape.intersect(o, d)
         hit = torch.isfinite(t)
         p = o + torch.where(hit, t, torch.zeros_like(t))[:, None] * d
-        code = lit_code[view][:, None]
-        if lights is not None:
-            to_light = lights.float()[view] - p
-            to_light = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            lit = ambient + diffuse * (normal * to_light).sum(-1, keepdim=True).clamp_min(0)
-        else:
-            lit = torch.ones_like(t)[:, None]
-        colour = torch.where(code == SHADINGS.index("textureless"), torch.ones_like(albedo), albedo)
-        rgb = torch.where(code == SHADINGS.index("albedo"), albedo.expand_as(p), lit * colour)
-        rgba = torch.zeros((stop - start) * s * s, 4)
-        rgba[pixel] = torch.cat((rgb * hit[:, None], hit[:, None].to(rgb)), -1)
-        rgba = rgba.view(stop - start, size, supersample, size, supersample, 4).mean(dim=(2, 4))
-        out[start:stop] = rgba.permute(0, 3, 1, 2)
+        for copy in range(copies):
+            view = camera * copies + copy
+            code = lit_code[view][:, None]
+            if lights is not None:
+                to_light = lights.float()[view] - p
+                to_light = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                lit = ambient + diffuse * (normal * to_light).sum(-1, keepdim=True).clamp_min(0)
+            else:
+                lit = torch.ones_like(t)[:, None]
+            colour = torch.where(code == SHADINGS.index("textureless"), torch.ones_like(albedo), albedo)
+            rgb = torch.where(code == SHADINGS.index("albedo"), albedo.expand_as(p), lit * colour)
+            rgba = torch.zeros((stop - start) * s * s, 4)
+            rgba[pixel] = torch.cat((rgb * hit[:, None], hit[:, None].to(rgb)), -1)
+            rgba = rgba.view(stop - start, size, supersample, size, supersample, 4).mean(dim=(2, 4))
+            out[idx * copies + copy] = rgba.permute(0, 3, 1, 2)
     return out
 
 
