@@ -108,6 +108,7 @@ def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambert
         raise ValueError("lights: lit shading needs a light position per render")
     albedo = torch.as_tensor(np.asarray(albedo, dtype=np.float32))
     lit_code = torch.tensor([SHADINGS.index(m) for m in modes])
+    lights = None if lights is None else lights.float()
     out = torch.empty(total, 4, size, size, dtype=torch.float32)
     s = size * supersample
     for start in range(0, n, chunk):
@@ -123,7 +124,7 @@ def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambert
             view = camera * copies + copy
             code = lit_code[view][:, None]
             if lights is not None:
-                to_light = lights.float()[view] - p
+                to_light = lights[view] - p
                 to_light = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                 lit = ambient + diffuse * (normal * to_light).sum(-1, keepdim=True).clamp_min(0)
             else:
