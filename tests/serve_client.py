@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from blender_sds import protocol
+from blender_sds.engine.serve import SEND_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef"
@@ -120,4 +121,19 @@ def takes_new_jobs(port: int) -> bool:
     probe.send(protocol.run({"version": 99}, "", ""))
     reply = probe.until(("error",))
     probe.close()
+    PROBE_REPLIES.append(reply.get("message", reply))
     return reply.get("key") == "version"
+
+
+PROBE_REPLIES: list = []  # what takes_new_jobs heard, for a failure's message
+
+# A run stops at its next step; a send to a peer that stopped reading gives up after SEND_SECONDS.
+FREED_WITHIN = SEND_SECONDS + 60
+
+
+def why_busy(tmp: Path) -> str:
+    """The last probe answer, each job's status and the server log's tail: what a 'stayed busy' failure needs."""
+    statuses = {p.parent.parent.name: p.read_text().strip()
+                for p in sorted((tmp / "root" / "jobs").glob("*/out/status.json"))}
+    log = (tmp / "serve.log").read_text(errors="replace")[-3000:] if (tmp / "serve.log").exists() else ""
+    return f"last probe answer: {PROBE_REPLIES[-1:]}\njob statuses: {statuses}\nserve.log tail:\n{log}"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from blender_sds import protocol
-from serve_client import REPO, TOKEN, Client, files_outside, start_serve, stop_serve, takes_new_jobs, wait_for
+from serve_client import (REPO, TOKEN, Client, FREED_WITHIN, files_outside, start_serve, stop_serve, takes_new_jobs,
+                          wait_for, why_busy)
 
 TINY = {"preset": "draft", "render": {"resolution": 32, "samples": 8}, "mesh": {"resolution": 24},
         "optim": {"orientation": 0.0, "albedo_steps": 1}, "output": {"preview_every": 1, "progress_every": 1}}
@@ -246,7 +247,8 @@ def test_a_client_that_vanishes_mid_run_frees_the_worker(server, tiny_sd):
     client.sock.shutdown(socket.SHUT_RDWR)  # gone without a word
     client.close()
 
-    assert wait_for(lambda: takes_new_jobs(port), 60, poll=1.0), "the worker stayed busy after its client vanished"
+    assert wait_for(lambda: takes_new_jobs(port), FREED_WITHIN, poll=1.0), \
+        f"the worker stayed busy after its client vanished\n{why_busy(tmp)}"
     statuses = [json.loads(p.read_text()) for p in (tmp / "root" / "jobs").glob("*/out/status.json")]
     assert any(s["state"] == "cancelled" for s in statuses), statuses
     assert proc.poll() is None

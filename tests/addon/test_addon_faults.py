@@ -15,7 +15,8 @@ from bpy_harness import BPY_ENVS, REPO
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from serve_client import TOKEN, files_outside, start_serve, stop_serve, takes_new_jobs, wait_for  # noqa: E402
+from serve_client import (FREED_WITHIN, TOKEN, files_outside, start_serve, stop_serve, takes_new_jobs,  # noqa: E402
+                          wait_for, why_busy)
 
 
 # The panel's preview image of the run (the final preview arrives before the result): the
@@ -116,7 +117,8 @@ def test_remote_worker_generates_refines_and_refuses_like_a_local_one(newest_ble
     assert facts["torch_loaded"] is False
 
     # The server stopped the abandoned job and takes the next one; it wrote only under its root.
-    assert wait_for(lambda: takes_new_jobs(port), 60, poll=1.0), "the server stayed busy after the add-on went away"
+    assert wait_for(lambda: takes_new_jobs(port), FREED_WITHIN, poll=1.0), \
+        f"the server stayed busy after the add-on went away\n{why_busy(serve_tmp)}"
     assert files_outside(serve_tmp) == [] and proc.poll() is None
     jobs = list((serve_tmp / "root" / "jobs").iterdir())
     assert len(jobs) >= 3 and all((j / "inputs").is_dir() for j in jobs)
