@@ -6,6 +6,13 @@ random solid colour half of the time, and always when the judge must know it.
 Shading modes: `albedo` (flat colour), `lambertian` (colour lit by a light near the
 camera) and `textureless` (grey, lit): the last two make geometry, not paint, carry the
 shape (DreamFusion).
+
+Lit renders are shaded deferred: one normal per ray, at the ray's expected surface point
+(the weight-averaged sample), not one per sample. Normals cost four field evaluations
+each, and per sample they were most of a lit step (a pocket cube ran 2.3x faster on one
+CPU thread without them) while samples in front of and behind an opaque surface carry no
+weight. For opaque surfaces, which the `opaque` loss and SDS itself push towards, the two
+agree; the orientation loss is weighted per ray by opacity instead of per sample.
 """
 from __future__ import annotations
 
@@ -88,20 +95,23 @@ def render(field: Field, views: ViewBatch, samples: int, *, occupancy: Occupancy
     weights = alpha * trans  # (N,S)
     wa = weights.reshape(-1)[flat]
 
+    ray_of = flat // samples
+    opacity = weights.sum(-1, keepdim=True)
     if need_normals:
-        normals_a = field.normals(p)
+        # Deferred shading (see the module's docstring): one normal per ray, where its weight lies.
+        surface = (torch.zeros(n, 3, device=p.device, dtype=p.dtype).index_add(0, ray_of, wa.detach().unsqueeze(-1) * p)
+                   / opacity.detach().clamp(min=1e-6))
+        normals_r = field.normals(surface)
+    albedo_rgb = torch.zeros(n, 3, device=p.device, dtype=albedo_a.dtype).index_add(0, ray_of, wa.unsqueeze(-1) * albedo_a)
     if shading == "albedo":
-        colour_a = albedo_a
+        rgb = albedo_rgb
     else:
         if light is None:
             raise ValueError("lit shading needs a light position")
-        ray_of = flat // samples
-        light_dir = torch.nn.functional.normalize(light[ray_of // (h * w)] - p, dim=-1)
-        lit = AMBIENT + DIFFUSE * (normals_a * light_dir).sum(-1, keepdim=True).clamp(min=0)
-        colour_a = lit.expand(-1, 3) if shading == "textureless" else albedo_a * lit
-    rgb = torch.zeros(n, 3, device=p.device, dtype=colour_a.dtype).index_add(0, flat // samples,
-                                                                             wa.unsqueeze(-1) * colour_a)
-    opacity = weights.sum(-1, keepdim=True)
+        light_r = light.repeat_interleave(h * w, 0)
+        light_dir = torch.nn.functional.normalize(light_r - surface, dim=-1)
+        lit = AMBIENT + DIFFUSE * (normals_r * light_dir).sum(-1, keepdim=True).clamp(min=0)
+        rgb = (opacity * lit).expand(-1, 3) if shading == "textureless" else albedo_rgb * lit
 
     if background is None:
         bg = torch.zeros(n, 3, device=p.device)
@@ -120,9 +130,9 @@ def render(field: Field, views: ViewBatch, samples: int, *, occupancy: Occupancy
                     + (1 - opacity.clamp(1e-3, 1 - 1e-3)) * torch.log(1 - opacity.clamp(1e-3, 1 - 1e-3))).mean(),
     }
     if want_orientation:
-        facing = (normals_a * dirs[flat // samples]).sum(-1).clamp(min=0) ** 2
+        facing = (normals_r * dirs).sum(-1).clamp(min=0) ** 2
         rays_hit = (opacity > 0).sum().clamp(min=1)
-        regularisers["orientation"] = (wa.detach() * facing).sum() / rays_hit
+        regularisers["orientation"] = (opacity.detach().squeeze(-1) * facing).sum() / rays_hit
     figures = {"samples_evaluated": torch.tensor(float(flat.numel()))}
     return Render(image=to_image(image), opacity=to_image(opacity), foreground=to_image(rgb),
                   regularisers=regularisers, figures=figures)
