@@ -28,16 +28,12 @@ class _Reporting:
             return {"CANCELLED"}
 
 
-class SDS_OT_generate(_Reporting, bpy.types.Operator):
-    """Make a mesh from the prompt (in the background when pressed; blocking from scripts)"""
-    bl_idname = "sds.generate"
-    bl_label = "Generate"
-    bl_options = {"REGISTER", "UNDO"}
+class _StartsRun(_Reporting):
+    """Generate and Refine: blocking from scripts and headless, in the background from the UI.
+    Subclasses say how their run starts (`_start`)."""
 
     def _start(self, context):
-        job = job_builder.generate_job(context, preferences.get(context))
-        name = job["prompt"].strip()[:48] or "SDS Result"
-        return runner.start(context, job, os.getcwd(), name=name)
+        raise NotImplementedError
 
     def execute(self, context):
         def work():
@@ -56,12 +52,24 @@ class SDS_OT_generate(_Reporting, bpy.types.Operator):
         return self._guarded(work)
 
 
+class SDS_OT_generate(_StartsRun, bpy.types.Operator):
+    """Make a mesh from the prompt (in the background when pressed; blocking from scripts)"""
+    bl_idname = "sds.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def _start(self, context):
+        job = job_builder.generate_job(context, preferences.get(context))
+        name = job["prompt"].strip()[:48] or "SDS Result"
+        return runner.start(context, job, os.getcwd(), name=name)
+
+
 REFINE_SOURCES = [("SCENE", "Scene Cameras", "Learn from the scene's cameras"),
                   ("SELECTED", "Selected Cameras", "Learn from the selected cameras"),
                   ("MIXED", "Mixed", "Scene cameras and random orbits")]
 
 
-class SDS_OT_refine(_Reporting, bpy.types.Operator):
+class SDS_OT_refine(_StartsRun, bpy.types.Operator):
     """Continue the active generated object's run from its checkpoint, seen from your cameras; the result is a new object"""
     bl_idname = "sds.refine"
     bl_label = "Refine"
@@ -78,22 +86,6 @@ class SDS_OT_refine(_Reporting, bpy.types.Operator):
         job, checkpoint = job_builder.refine_job(context, ob, self.camera_source, self.steps)
         return runner.start(context, job, os.path.dirname(checkpoint), name=f"{ob.name} refined",
                             matrix_world=ob.matrix_world.copy())
-
-    def execute(self, context):
-        def work():
-            ob = runner.run_blocking(context, self._start(context))
-            self.report({"INFO"}, f"SDS: added '{ob.name}'")
-            return {"FINISHED"}
-        return self._guarded(work)
-
-    def invoke(self, context, event):
-        if bpy.app.background:
-            return self.execute(context)
-
-        def work():
-            runner.follow(self._start(context))
-            return {"FINISHED"}
-        return self._guarded(work)
 
 
 class SDS_OT_cancel(bpy.types.Operator):
