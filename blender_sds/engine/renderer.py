@@ -99,10 +99,11 @@ def render(field: Field, views: ViewBatch, samples: int, *, occupancy: Occupancy
     opacity = weights.sum(-1, keepdim=True)
     if need_normals:
         # Deferred shading (see the module's docstring): one normal per ray, where its weight lies.
-        surface = (torch.zeros(n, 3, device=p.device, dtype=p.dtype).index_add(0, ray_of, wa.detach().unsqueeze(-1) * p)
-                   / opacity.detach().clamp(min=1e-6))
+        weighted = torch.zeros(n, 3, device=p.device, dtype=p.dtype).index_add(0, ray_of, wa.detach().unsqueeze(-1) * p)
+        surface = weighted / opacity.detach().clamp(min=1e-6)
         normals_r = field.normals(surface)
-    albedo_rgb = torch.zeros(n, 3, device=p.device, dtype=albedo_a.dtype).index_add(0, ray_of, wa.unsqueeze(-1) * albedo_a)
+    albedo_rgb = torch.zeros(n, 3, device=p.device, dtype=albedo_a.dtype).index_add(0, ray_of,
+                                                                                 wa.unsqueeze(-1) * albedo_a)
     if shading == "albedo":
         rgb = albedo_rgb
     else:
