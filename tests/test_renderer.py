@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from blender_sds.engine.cameras import angles_of, look_at
+from blender_sds.engine.cameras import angles_of, look_at, ray_bundle
 from blender_sds.engine.field import Field, FieldConfig
 from blender_sds.engine.renderer import AMBIENT, DIFFUSE, render
 from blender_sds.engine.views import ViewBatch
@@ -48,7 +48,6 @@ def front_view(res: int = 48, distance: float = 3.0) -> ViewBatch:
 
 def analytic_shading(views: ViewBatch, light: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pixel: whether its ray hits the sphere well inside the silhouette, and the lit value there."""
-    from blender_sds.engine.cameras import ray_bundle
     origins, dirs = ray_bundle(views)
     o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     b = (o * d).sum(-1)
