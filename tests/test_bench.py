@@ -149,7 +149,10 @@ def test_host_read_audit_sees_item_and_masks():
         float(t.sum())
         _ = t[t > 2]
         _ = t * 2
+        _ = torch.tensor([0.0, 1.0])  # host data: a blocking copy when made on a GPU
+        t[0] = 1.0  # a scalar is filled on the device: no copy
     assert audit.counts["item"] == 1 and audit.counts["nonzero"] == 1 and audit.counts["aten_ops"] >= 4
+    assert audit.counts["host_tensors"] == 1 and any(w.startswith("lift_fresh") for w in audit.where), audit.where
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +171,7 @@ def test_a_training_step_reads_nothing_back_but_the_renderers_compaction(tiny_ru
     audit = profiling.audit_step(tiny_run, 20)
     assert audit["item"] == 0, audit
     assert audit["nonzero"] == 1, audit  # the renderer keeps occupied samples only (see docs/PERFORMANCE.md)
+    assert audit["host_tensors"] == 0, audit  # constants made per step are blocking copies on CUDA
 
 
 def test_phase_probe_leaves_the_run_as_it_found_it(tiny_run):

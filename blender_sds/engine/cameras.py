@@ -19,13 +19,12 @@ WORLD_UP = (0.0, 0.0, 1.0)
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
     """(B,4,4) camera-to-world matrices for cameras at `eye` looking at `target`."""
     if up is None:
-        up = torch.tensor(WORLD_UP, dtype=eye.dtype, device=eye.device).expand_as(eye)
+        up = _axis(eye, 2)  # WORLD_UP
     forward = torch.nn.functional.normalize(target - eye, dim=-1)
     right = torch.linalg.cross(forward, up, dim=-1)
     # Looking straight up or down: any horizontal right axis will do.
     degenerate = right.norm(dim=-1, keepdim=True) < 1e-6
-    fallback = torch.linalg.cross(forward, torch.tensor((0.0, 1.0, 0.0), dtype=eye.dtype,
-                                                         device=eye.device).expand_as(eye), dim=-1)
+    fallback = torch.linalg.cross(forward, _axis(eye, 1), dim=-1)
     right = torch.nn.functional.normalize(torch.where(degenerate, fallback, right), dim=-1)
     cam_up = torch.linalg.cross(right, forward, dim=-1)
     c2w = torch.zeros(eye.shape[0], 4, 4, dtype=eye.dtype, device=eye.device)
@@ -35,6 +34,14 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = N
     c2w[:, :3, 3] = eye
     c2w[:, 3, 3] = 1.0
     return c2w
+
+
+def _axis(like: torch.Tensor, index: int) -> torch.Tensor:
+    """A unit axis shaped like `like`, made on its device: a torch.tensor of constants in the
+    step would be a blocking host-to-device copy on CUDA every time."""
+    axis = torch.zeros_like(like)
+    axis[..., index] = 1.0
+    return axis
 
 
 def orbit_position(center: torch.Tensor, azimuth_deg, elevation_deg, distance) -> torch.Tensor:
@@ -96,6 +103,7 @@ class CameraSampler:
         self.device = device
         self.generator = generator
         self.center = torch.tensor(job["bounds"]["center"], dtype=torch.float32, device=device)
+        self.world_up = torch.tensor(WORLD_UP, device=device)  # made once: no host copy per step
         self.size = float(job["bounds"]["size"])
         self.resolution = int(job["render"]["resolution"])
         self.rig = list(self.cfg["rig"] if rig is None else rig)
@@ -132,8 +140,7 @@ class CameraSampler:
         target = self.center + cfg["jitter"]["target"] * self.size * torch.randn(
             n, 3, generator=self.generator, device=self.device)
         eye = eye + 0.02 * self.size * (2 * torch.rand(n, 3, generator=self.generator, device=self.device) - 1)
-        up = torch.tensor(WORLD_UP, device=self.device) + 0.02 * torch.randn(n, 3, generator=self.generator,
-                                                                            device=self.device)
+        up = self.world_up + 0.02 * torch.randn(n, 3, generator=self.generator, device=self.device)
         c2w = look_at(eye, target, up)
         focal = self.resolution / (2 * torch.tan(torch.deg2rad(fovy) / 2))
         half = torch.full((n,), self.resolution / 2, device=self.device)

@@ -76,7 +76,13 @@ def time_calls(fn, device: torch.device, iterations: int, warmup: int) -> list[f
 # -- where the figures were taken -------------------------------------------------------------
 
 def git_commit() -> str | None:
-    """The short commit of the engine's checkout, for tables that say what was measured."""
+    """The short commit of the engine's checkout, for tables that say what was measured.
+
+    A copy without git (the GPU machine gets the working tree only) names it in
+    BLENDER_SDS_COMMIT, which scripts/gpu_check.sh passes along.
+    """
+    if os.environ.get("BLENDER_SDS_COMMIT"):
+        return os.environ["BLENDER_SDS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=10)
@@ -315,21 +321,35 @@ class HostReadAudit(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.counts = {"item": 0, "nonzero": 0, "aten_ops": 0}  # aten_ops: ~ kernel launches on a GPU
+        # aten_ops: ~ kernel launches on a GPU; host_tensors: tensors made from Python data
+        # (torch.tensor(...) in the step), which on CUDA is a blocking host-to-device copy.
+        self.counts = {"item": 0, "nonzero": 0, "host_tensors": 0, "aten_ops": 0}
         self.paused = False
         self.where: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
         kind = HOST_READ_OPS.get(name)
+        if name == "lift_fresh" and args and args[0].dim() > 0:
+            kind = "host_tensors"  # a scalar (t[i] = 1.0) is filled on the device, not copied
         if name in MASK_INDEX_OPS and _has_mask(args):
             kind = "nonzero"  # t[mask] and t[mask] = v find the mask's True entries on the host
         if not self.paused:
             self.counts["aten_ops"] += 1
         if kind and not self.paused:
             self.counts[kind] += 1
-            self.where.append(name)
+            self.where.append(name if kind != "host_tensors" else f"{name} at {_engine_caller()}")
         return func(*args, **(kwargs or {}))
+
+
+def _engine_caller() -> str:
+    """file:line of the innermost engine frame on the stack: where a host tensor was made."""
+    import traceback
+
+    for frame in reversed(traceback.extract_stack()):
+        if "blender_sds" in frame.filename and not frame.filename.endswith("profiling.py"):
+            return f"{Path(frame.filename).name}:{frame.lineno}"
+    return "outside the engine"
 
 
 def audit_step(run, total: int) -> dict:

@@ -134,6 +134,6 @@ def render(field: Field, views: ViewBatch, samples: int, *, occupancy: Occupancy
         facing = (normals_r * dirs).sum(-1).clamp(min=0) ** 2
         rays_hit = (opacity > 0).sum().clamp(min=1)
         regularisers["orientation"] = (opacity.detach().squeeze(-1) * facing).sum() / rays_hit
-    figures = {"samples_evaluated": torch.tensor(float(flat.numel()))}
+    figures = {"samples_evaluated": flat.numel()}  # known on the host since the compaction
     return Render(image=to_image(image), opacity=to_image(opacity), foreground=to_image(rgb),
                   regularisers=regularisers, figures=figures)
