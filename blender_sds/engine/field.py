@@ -153,6 +153,9 @@ class HashGrid(nn.Module):
         self.runs = _runs(dense)
         self.recompute_above = RECOMPUTE_ABOVE
         self.recompute_chunk = NO_GRAD_CHUNK
+        # "auto": the fused Triton kernels on CUDA when triton imports, else the plain path;
+        # "torch" / "triton" force one (the CPU runs "triton" only under TRITON_INTERPRET=1).
+        self.backend = "auto"
 
     @property
     def out_dim(self) -> int:
@@ -187,8 +190,28 @@ class HashGrid(nn.Module):
         return index.view(n, levels, 8), weights.view(n, levels, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if encode_backend(self, x.device) == "triton":
+            from . import hashgrid_triton  # lazily: the engine imports without triton
+            return hashgrid_triton.TritonEncode.apply(self.table, x.detach(), self).reshape(x.shape[0], -1)
         # One gather and one scatter for all levels: the table's gradient is zeroed once.
         return _Encode.apply(self.table, x.detach(), self).reshape(x.shape[0], -1)
+
+
+def encode_backend(grid: HashGrid, device) -> str:
+    """Which encoding a call of `grid` on `device` runs, "torch" or "triton" (benchmarks report it).
+
+    "auto" takes Triton only on CUDA, so the CPU and MPS keep the plain path even where
+    triton is installed; only an explicit "triton" uses the CPU interpreter.
+    """
+    if grid.backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"HashGrid.backend must be 'auto', 'torch' or 'triton', not {grid.backend!r}")
+    if grid.backend != "auto":
+        return grid.backend
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "torch"
+    from . import hashgrid_triton
+    return "triton" if hashgrid_triton.available(device) else "torch"
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int, bool]]:
