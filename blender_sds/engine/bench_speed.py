@@ -14,7 +14,8 @@ of the same family for smoke runs; `--model PATH` times a real model folder or f
 
     python -m blender_sds.engine bench speed [--preset draft|standard|high|all ...]
         [--model sd21-shape|tiny|PATH] [--device auto|cpu|cuda] [--iterations N] [--warmup N]
-        [--low-vram] [--dtype auto|float16|float32] [--compile] [--json]
+        [--low-vram] [--dtype auto|float16|float32] [--compile] [--hash-grid auto|torch|triton]
+        [--cache DIR] [--prepare] [--json]
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from . import profiling
+from .field import encode_backend
 
 # -- models from their published configs ------------------------------------------------------
 
@@ -148,19 +150,25 @@ def cache_root() -> Path:
     return Path(base) / "bench-models"
 
 
+MODEL_LABELS = {"sd21-shape": "SD 2.1-base architecture, random weights", "tiny": "tiny (random weights)"}
+CACHE_NAMES = {"sd21-shape": "sd21-base-shape", "tiny": "tiny-shape"}
+
+
 def resolve_model(model: str, cache: Path | None, workdir: Path) -> tuple[str, str]:
-    """(what guidance.model gets, a label): a built shape (cached) or the user's own model as given."""
-    if model == "tiny":
-        return str(build_model_folder(workdir / "tiny-sd", "tiny")), "tiny (random weights)"
-    if model == "sd21-shape":
-        folder = (cache or cache_root()) / f"sd21-base-shape-v{FORMAT}"
-        marker = folder / "BENCH_MODEL.json"
-        if not (marker.is_file() and json.loads(marker.read_text()).get("format") == FORMAT):
-            print(f"building the SD 2.1-base-shaped model (random weights, once) in {folder} ...",
-                  file=sys.stderr, flush=True)
-            build_model_folder(folder, "sd21-shape")
-        return str(folder), "SD 2.1-base architecture, random weights"
-    return model, model
+    """(what guidance.model gets, a label): a built shape or the user's own model as given.
+
+    The full-size shape is built once into the cache (2.5 GB); the tiny one into `workdir`
+    unless a cache is named, so a CI run leaves nothing behind.
+    """
+    if model not in SHAPES:
+        return model, model
+    root = cache or (cache_root() if model == "sd21-shape" else workdir)
+    folder = root / f"{CACHE_NAMES[model]}-v{FORMAT}"
+    marker = folder / "BENCH_MODEL.json"
+    if not (marker.is_file() and json.loads(marker.read_text()).get("format") == FORMAT):
+        print(f"building the {MODEL_LABELS[model]} model in {folder} ...", file=sys.stderr, flush=True)
+        build_model_folder(folder, model)
+    return str(folder), MODEL_LABELS[model]
 
 
 # -- one preset ---------------------------------------------------------------------------------
@@ -210,6 +218,7 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
     profiling.reset_peak_gpu(device)
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as out:
         run = Run(job, Path(out), device)
+        run.field.encoding.backend = args.hash_grid
         guidance = run.guidance
         if args.compile:
             guidance.unet = torch.compile(guidance.unet)
@@ -263,6 +272,7 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
             "compiled": bool(args.compile),
             "attention": attention_kind(guidance.unet),
             "channels_last": bool(device.type == "cuda"),
+            "hash_grid": encode_backend(run.field.encoding, device),
             "iterations": args.iterations,
             "warmup": args.warmup,
             "ms_bare_guidance": profiling.median(bare),
@@ -312,6 +322,11 @@ def parse(argv):
     parser.add_argument("--dtype", default="auto", choices=("auto", "float16", "float32"))
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and the VAE encoder (experimental; compile time not counted)")
+    parser.add_argument("--hash-grid", default="auto", choices=("auto", "torch", "triton"),
+                        help="hash-grid encode: auto (fused Triton kernel on CUDA when it is there, else "
+                             "plain PyTorch), or force one")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only build (or find) the model and print its folder; time nothing")
     parser.add_argument("--cache", default=None, help="where the sd21-shape model is built (default "
                                                       "$BLENDER_SDS_CACHE or ~/.cache/blender-sds)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
@@ -335,7 +350,8 @@ def report_text(result: dict) -> str:
                f"{f['peak_gpu_mb']:.0f} MB (steps alone {f['peak_gpu_steps_mb']:.0f} MB)")
         lines += [
             f"\n[{name}] render {f['render_resolution']}^2 x{f['batch']}, {f['samples_per_ray']} samples/ray -> "
-            f"guidance at {f['guidance_image_size'][0]}^2, {f['dtype']}, attention {f['attention']}"
+            f"guidance at {f['guidance_image_size'][0]}^2, {f['dtype']}, attention {f['attention']}, "
+            f"hash grid {f['hash_grid']}"
             f"{', low-VRAM' if f['low_vram'] else ''}{', compiled' if f['compiled'] else ''}",
             f"  bare guidance (UNet CFG pair + VAE encoder fwd/bwd): {f['ms_bare_guidance']:.1f} ms",
             f"  full iteration: {f['ms_per_iteration']:.1f} ms (median of {f['iterations']}, "
@@ -378,6 +394,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-model-") as work:
         try:
             model, label = resolve_model(args.model, Path(args.cache) if args.cache else None, Path(work))
+            if args.prepare:
+                print(json.dumps({"model": model, "label": label}) if args.json else model)
+                return 0
             results = {name: measure_preset(model, name, device, args) for name in presets}
         except (ModelSourceError, JobError) as exc:
             print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
