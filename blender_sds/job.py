@@ -56,7 +56,7 @@ _MISSING = object()
 _TOP_KEYS = ("version", "prompt", "negative_prompt", "seed", "preset", "steps", "bounds", "guidance",
              "cameras", "render", "optim", "init", "mesh", "output")
 _GUIDANCE_KEYS = ("kind", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
-                  "view_dependent", "dtype", "low_vram", "views", "pose_matched")
+                  "view_dependent", "dtype", "low_vram", "cuda_graphs", "views", "pose_matched")
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
 
 
@@ -396,6 +396,8 @@ def _guidance(raw, base_dir) -> dict:
         "view_dependent": _bool(g.get("view_dependent", kind in TEXT_KINDS), "guidance.view_dependent"),
         "dtype": _choice(g.get("dtype", "auto"), "guidance.dtype", ("auto", "float16", "float32"), "dtype"),
         "low_vram": _bool(g.get("low_vram", False), "guidance.low_vram"),
+        # Replay the judge from CUDA graphs (on CUDA without low_vram; elsewhere it changes nothing).
+        "cuda_graphs": _bool(g.get("cuda_graphs", True), "guidance.cuda_graphs"),
         "views": views,
         "pose_matched": _pose_matched(g.get("pose_matched", kind == "pocket"), kind),
     }

@@ -27,7 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = [sys.executable, "-m", "blender_sds.engine"]
-SUMMARY_KEYS = ("device", "bench_hashgrid", "bench_speed", "bench_speed_low_vram", "bench_speed_compile",
+STAGE_NAMES = ("versions", "model", "bench_hashgrid", "bench_speed", "bench_speed_eager", "bench_speed_low_vram",
+               "bench_mesh", "asset", "bench_speed_compile")
+SUMMARY_KEYS = ("device", "bench_hashgrid", "bench_speed", "bench_speed_eager", "bench_speed_low_vram",
+                "bench_speed_compile",
                 "asset_seconds", "asset", "bench_mesh")
 
 
@@ -92,6 +95,7 @@ def plan(args, work: Path) -> list[Stage]:
                                      "--points", "2048", "--repeat", "1", "--json"], 300,
                   env={"TRITON_INTERPRET": "1"}),
             Stage("bench_speed", speed + ["--preset", "draft"], 300),
+            Stage("bench_speed_eager", speed + ["--preset", "draft", "--cuda-graphs", "off"], 300),
             Stage("bench_speed_low_vram", speed + ["--preset", "draft", "--low-vram"], 300),
             Stage("bench_mesh", [*ENGINE, "bench", "mesh", "--device", device, "--resolution", "32",
                                  "--fit-steps", "5", "--json"], 300),
@@ -103,7 +107,10 @@ def plan(args, work: Path) -> list[Stage]:
         Stage("model", speed + ["--prepare"], 240),
         Stage("bench_hashgrid", [*ENGINE, "bench", "hashgrid", "--device", device, "--preset", "standard", "high",
                                  "--json"], 90),
-        Stage("bench_speed", speed + ["--preset", "all", "--iterations", "10", "--warmup", "3"], 180),
+        Stage("bench_speed", speed + ["--preset", *args.speed_presets, "--iterations", "10", "--warmup", "3"], 180),
+        # The same judge without CUDA graphs, in the same run: what the graphs save, as a ratio.
+        Stage("bench_speed_eager", speed + ["--preset", "standard", "--cuda-graphs", "off", "--iterations", "10",
+                                            "--warmup", "3"], 120),
         Stage("bench_speed_low_vram", speed + ["--preset", "standard", "--low-vram", "--iterations", "5",
                                                "--warmup", "1"], 120),
         Stage("bench_mesh", [*ENGINE, "bench", "mesh", "--device", device, "--resolution", "128", "256",
@@ -280,15 +287,17 @@ class Check:
 
     def run(self) -> int:
         self.nvidia_smi()
-        self.stages = plan(self.args, self.work)
+        self.stages = [stage for stage in plan(self.args, self.work)
+                       if not self.args.stages or stage.name in self.args.stages]
         for stage in self.stages:
             self.run_stage(stage)
         self.result["seconds_total"] = round(time.monotonic() - self.started, 1)
         self.save()
         self.log.close()
         print(summary(self.result))
-        required = ("versions", "model", "bench_hashgrid", "bench_speed", "bench_speed_low_vram", "bench_mesh", "asset")
-        return 0 if all(self.result["stages"][name]["status"] == "ok" for name in required) else 1
+        required = {"versions", "model", "bench_hashgrid", "bench_speed", "bench_speed_eager", "bench_speed_low_vram",
+                    "bench_mesh", "asset"}
+        return 0 if all(self.result["stages"][s.name]["status"] == "ok" for s in self.stages if s.name in required) else 1
 
 
 def summary(result: dict) -> str:
@@ -300,12 +309,13 @@ def summary(result: dict) -> str:
                  f"diffusers {device.get('diffusers')} triton {device.get('triton')}")
     for name, record in result["stages"].items():
         lines.append(f"  {name:22s} {record['status']} ({record['seconds']} s)")
-    for key in ("bench_speed", "bench_speed_low_vram", "bench_speed_compile"):
+    for key in ("bench_speed", "bench_speed_eager", "bench_speed_low_vram", "bench_speed_compile"):
         speed = result.get(key)
         for preset, f in ((speed or {}).get("presets") or {}).items():
             lines.append(f"{key}[{preset}]: {f['ms_per_iteration']:.1f} ms/it (stream {f['ms_per_iteration_stream']}), "
                          f"bare {f['ms_bare_guidance']:.1f} ms, ratio {f['overhead_ratio']:.3f}, "
-                         f"peak {f['peak_gpu_mb']} MB, hash grid {f['hash_grid']}, "
+                         f"peak {f['peak_gpu_mb']} MB, hash grid {f['hash_grid']}, graphs {f['cuda_graphs']} "
+                         f"{f['cuda_graphs_check']}, "
                          f"{f['minutes_per_asset']:.2f} min/asset")
     hashgrid = result.get("bench_hashgrid") or {}
     for preset, p in (hashgrid.get("presets") or {}).items():
@@ -326,9 +336,20 @@ def parse(argv: list[str]):
     parser.add_argument("--work", default=None, help="scratch folder for models and the asset (default a temp dir)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for all stages together (default 500; 900 in a dry run)")
+    parser.add_argument("--stages", default=None,
+                        help="comma-separated stages to run, in their fixed order (default all): versions, model, "
+                             "bench_hashgrid, bench_speed, bench_speed_eager, bench_speed_low_vram, bench_mesh, asset, "
+                             "bench_speed_compile (model is needed by the speed stages and the asset)")
+    parser.add_argument("--speed-presets", default="all",
+                        help="presets of the bench_speed stage on a GPU (default all; e.g. standard)")
     parser.add_argument("--versions", action="store_true", help=argparse.SUPPRESS)  # the versions stage itself
     args = parser.parse_args(argv)
     args.argv = argv
+    args.stages = [name for name in (args.stages or "").split(",") if name]
+    unknown = sorted(set(args.stages) - set(STAGE_NAMES))
+    if unknown:
+        parser.error(f"--stages: unknown {', '.join(unknown)}; stages: {', '.join(STAGE_NAMES)}")
+    args.speed_presets = args.speed_presets.split(",")
     args.budget = args.budget or (900.0 if args.dry_run else 500.0)
     if args.budget <= 0:
         parser.error(f"--budget must be > 0, got {args.budget}")

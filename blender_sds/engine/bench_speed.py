@@ -15,7 +15,7 @@ of the same family for smoke runs; `--model PATH` times a real model folder or f
     python -m blender_sds.engine bench speed [--preset draft|standard|high|all ...]
         [--model sd21-shape|tiny|PATH] [--device auto|cpu|cuda] [--iterations N] [--warmup N]
         [--low-vram] [--dtype auto|float16|float32] [--compile] [--hash-grid auto|torch|triton]
-        [--cache DIR] [--prepare] [--json]
+        [--cuda-graphs on|off] [--cache DIR] [--prepare] [--json]
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import torch
 
 from . import profiling
 from .field import encode_backend
+from .guidance import cuda_graphs
 
 # -- models from their published configs ------------------------------------------------------
 
@@ -173,13 +174,14 @@ def resolve_model(model: str, cache: Path | None, workdir: Path) -> tuple[str, s
 
 # -- one preset ---------------------------------------------------------------------------------
 
-def bench_job(model: str, preset: str, *, low_vram: bool, dtype: str) -> dict:
+def bench_job(model: str, preset: str, *, low_vram: bool, dtype: str, graphs: bool = True) -> dict:
     from ..job import validate_job
 
     return validate_job({
         "version": 1, "prompt": "a ceramic teapot", "seed": 0, "preset": preset,
         "bounds": {"center": [0.0, 0.0, 0.0], "size": 2.0},
-        "guidance": {"kind": "stable-diffusion", "model": model, "low_vram": low_vram, "dtype": dtype},
+        "guidance": {"kind": "stable-diffusion", "model": model, "low_vram": low_vram, "dtype": dtype,
+                     "cuda_graphs": graphs},
         "cameras": {"mode": "orbit"},
         # Past the albedo warm-up, as 80% of a run is: lit and textureless steps evaluate normals.
         "optim": {"albedo_steps": 0},
@@ -203,6 +205,37 @@ def bare_guidance_call(run, views):
     return call
 
 
+def graphs_check(guidance, views, total: int) -> dict | None:
+    """Largest differences between the judge's graphed replays and its eager modules, on one fresh
+    input: the replays must compute what eager PyTorch does before their speed counts."""
+    if not cuda_graphs.active(guidance):
+        return None
+    unet, encoder = guidance.unet, guidance.vae.encoder
+    size = guidance.image_size
+    x = (torch.rand(views.size, 3, *size, device=guidance.device) * 2 - 1).to(guidance.dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    grad = torch.randn_like(encoder(x))
+    outputs = []
+    for forward in (encoder.forward.eager, encoder.forward):
+        x.grad = None
+        out = forward(x)
+        out.backward(grad)
+        outputs.append((out.detach().float(), x.grad.float()))
+    z = torch.randn(2 * views.size, guidance.sample_channels, *outputs[0][0].shape[-2:], device=guidance.device)
+    t = torch.full((2 * views.size,), total // 2, device=guidance.device, dtype=torch.long)
+    hidden = torch.cat([guidance.embeddings.conditional(views), guidance.embeddings.uncond.expand(views.size, -1, -1)])
+    with torch.no_grad():
+        eager_eps = unet.module(z.to(guidance.dtype), t, encoder_hidden_states=hidden).sample.float()
+        graphed_eps = unet(z.to(guidance.dtype), t, encoder_hidden_states=hidden).sample.float()
+    (eager_z, eager_g), (graphed_z, graphed_g) = outputs
+    return {"encoder_graphed": not encoder.forward.failed,
+            "unet_max_diff": float((graphed_eps - eager_eps).abs().max()),
+            "unet_max_abs": float(eager_eps.abs().max()),
+            "encoder_max_diff": float((graphed_z - eager_z).abs().max()),
+            "encoder_grad_max_diff": float((graphed_g - eager_g).abs().max()),
+            "encoder_grad_max_abs": float(eager_g.abs().max())}
+
+
 def attention_kind(unet) -> str:
     try:
         return ",".join(sorted({type(p).__name__ for p in unet.attn_processors.values()})) or "none"
@@ -213,7 +246,9 @@ def attention_kind(unet) -> str:
 def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
     from .run import Run
 
-    job = bench_job(model, preset, low_vram=args.low_vram, dtype=args.dtype)
+    # torch.compile brings its own graphs: compiled parts are never captured a second time.
+    job = bench_job(model, preset, low_vram=args.low_vram, dtype=args.dtype,
+                    graphs=args.cuda_graphs == "on" and not args.compile)
     profiling.reset_peak_host_rss()
     profiling.reset_peak_gpu(device)
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as out:
@@ -246,6 +281,7 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
         finally:
             probe.detach()
         bare = [clock.ms(a, b) for a, b in bare_marks]
+        graphs_agree = graphs_check(guidance, views, total)
         # Back to back, as the loop runs: on a GPU the host may queue the next step early.
         stream_ms = None
         if device.type == "cuda":
@@ -273,6 +309,8 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
             "attention": attention_kind(guidance.unet),
             "channels_last": bool(device.type == "cuda"),
             "hash_grid": encode_backend(run.field.encoding, device),
+            "cuda_graphs": cuda_graphs.active(guidance),
+            "cuda_graphs_check": graphs_agree,
             "iterations": args.iterations,
             "warmup": args.warmup,
             "ms_bare_guidance": profiling.median(bare),
@@ -325,6 +363,9 @@ def parse(argv):
     parser.add_argument("--hash-grid", default="auto", choices=("auto", "torch", "triton"),
                         help="hash-grid encode: auto (fused Triton kernel on CUDA when it is there, else "
                              "plain PyTorch), or force one")
+    parser.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
+                        help="guidance.cuda_graphs: replay the judge from CUDA graphs (default on, as jobs; "
+                             "only on CUDA without --low-vram)")
     parser.add_argument("--prepare", action="store_true",
                         help="only build (or find) the model and print its folder; time nothing")
     parser.add_argument("--cache", default=None, help="where the sd21-shape model is built (default "
@@ -351,7 +392,7 @@ def report_text(result: dict) -> str:
         lines += [
             f"\n[{name}] render {f['render_resolution']}^2 x{f['batch']}, {f['samples_per_ray']} samples/ray -> "
             f"guidance at {f['guidance_image_size'][0]}^2, {f['dtype']}, attention {f['attention']}, "
-            f"hash grid {f['hash_grid']}"
+            f"hash grid {f['hash_grid']}, CUDA graphs {'on' if f['cuda_graphs'] else 'off'}"
             f"{', low-VRAM' if f['low_vram'] else ''}{', compiled' if f['compiled'] else ''}",
             f"  bare guidance (UNet CFG pair + VAE encoder fwd/bwd): {f['ms_bare_guidance']:.1f} ms",
             f"  full iteration: {f['ms_per_iteration']:.1f} ms (median of {f['iterations']}, "

@@ -9,12 +9,16 @@ from .base import GuidanceOutput, ScoreDistillation
 def build_guidance(job: dict, device: torch.device) -> ScoreDistillation:
     """The guidance a normalised job asks for, ready to judge renders on `device`."""
     kind = job["guidance"]["kind"]
-    if kind == "stable-diffusion":
-        from .stable_diffusion import StableDiffusionGuidance
-        return StableDiffusionGuidance(job, device)
-    if kind == "pixel":
-        from .pixel import PixelGuidance
-        return PixelGuidance(job, device)
+    if kind in ("stable-diffusion", "pixel"):
+        if kind == "stable-diffusion":
+            from .stable_diffusion import StableDiffusionGuidance as Kind
+        else:
+            from .pixel import PixelGuidance as Kind
+        guidance = Kind(job, device)
+        from . import cuda_graphs
+        if job["guidance"]["cuda_graphs"] and cuda_graphs.usable(guidance.device, guidance.low_vram):
+            cuda_graphs.graph_judge(guidance)
+        return guidance
     if kind == "reference":
         from .reference import ReferenceGuidance
         return ReferenceGuidance(job, device)
