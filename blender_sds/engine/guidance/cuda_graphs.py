@@ -15,6 +15,7 @@ model with host synchronisation inside, say) says so once on stderr and stays ea
 from __future__ import annotations
 
 import sys
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -101,7 +102,10 @@ class GraphedEncoder:
             self.graphed = None
             sample = x.detach().clone().requires_grad_(True)
             try:
-                self.graphed = torch.cuda.make_graphed_callables(self.eager, (sample,), num_warmup_iters=WARMUP)
+                with warnings.catch_warnings():
+                    # Capture's own warm-up runs on a side stream; torch notes the stream change once.
+                    warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
+                    self.graphed = torch.cuda.make_graphed_callables(self.eager, (sample,), num_warmup_iters=WARMUP)
             except RuntimeError as error:
                 self.failed = True
                 _gave_up("VAE encoder", error)
