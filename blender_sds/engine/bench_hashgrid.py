@@ -120,12 +120,8 @@ def parse(argv):
 def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parse(argv)
-    from .device import pick_device
-
-    try:
-        device = pick_device(args.device)
-    except ValueError as exc:
-        print(f"error: --{exc}", file=sys.stderr)
+    device = profiling.bench_device(args.device)
+    if device is None:
         return 2
     on_cuda = device.type == "cuda"
     args.points = args.points or (262144 if on_cuda else 32768)

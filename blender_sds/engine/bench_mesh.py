@@ -126,12 +126,8 @@ def parse(argv):
 def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parse(argv)
-    from .device import pick_device
-
-    try:
-        device = pick_device(args.device)
-    except ValueError as exc:
-        print(f"error: --{exc}", file=sys.stderr)
+    device = profiling.bench_device(args.device)
+    if device is None:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

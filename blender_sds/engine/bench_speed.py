@@ -415,14 +415,10 @@ def report_text(result: dict) -> str:
 def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parse(argv)
-    from .device import pick_device
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = pick_device(args.device)
-    except ValueError as exc:
-        print(f"error: --{exc}", file=sys.stderr)
+    device = profiling.bench_device(args.device)
+    if device is None:
         return 2
     info = profiling.machine(device)  # the commit and load the measured code started from
     on_cpu = device.type == "cpu"

@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,6 +105,17 @@ def machine(device: torch.device) -> dict:
         load = None
     return {"device_name": name, "commit": git_commit(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load_average": load}
+
+
+def bench_device(preference: str) -> torch.device | None:
+    """The device a benchmark's --device names, or None after saying on stderr why it cannot be had."""
+    from .device import pick_device
+
+    try:
+        return pick_device(preference)
+    except ValueError as exc:
+        print(f"error: --{exc}", file=sys.stderr)
+        return None
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """CUDA graphs for the frozen judge: the UNet's CFG pair, and the VAE encoder forward and backward.
 
-Eager PyTorch launches every kernel from Python, about 4,000 a step. On an H200 the bare
-judge (UNet pair + encoder forward/backward at 512²) took 58 ms (docs/PERFORMANCE.md),
-several times what its arithmetic needs. The host cannot keep up. A run's judge sees the
-same shapes every step (render.batch views, the model's image size), so each part is
-captured once and replayed as one launch from then on.
+Eager PyTorch launches every kernel from Python, about 4,000 a step, and on an H200 the
+host could not keep up: the UNet's CFG pair took 42 ms eager and 10 ms replayed from a
+graph (docs/PERFORMANCE.md; the VAE encoder, bound by its own kernels, gained ~10%). A
+run's judge sees the same shapes every step (render.batch views, the model's image size),
+so each part is captured once and replayed as one launch from then on.
 
 Only on CUDA, never with low-VRAM offload, whose hooks move weights during the forward.
-A call of another shape, without gradients, or on another device runs eagerly, as before.
+A call of a new shape is captured anew (a run has one); a call without gradients or on
+another device runs eagerly, as before.
 Inputs are copied into the graph's static buffers and outputs copied out, so a caller
 never holds memory that the next replay overwrites. A part that cannot be captured (a
 model with host synchronisation inside, say) says so once on stderr and stays eager.
@@ -54,7 +55,8 @@ class GraphedUNet:
         key = tuple((a.shape, a.dtype, a.device) for a in args)
         if key != self.key:
             try:
-                self._capture(args)
+                with torch.cuda.device(sample.device):
+                    self._capture(args)
             except RuntimeError as error:
                 self.failed, self.graph = True, None
                 _gave_up("UNet", error)
@@ -62,7 +64,8 @@ class GraphedUNet:
             self.key = key
         for static, value in zip(self.inputs, args):
             static.copy_(value)
-        self.graph.replay()
+        with torch.cuda.device(sample.device):
+            self.graph.replay()
         return SimpleNamespace(sample=self.output.clone())
 
     def _capture(self, args) -> None:
