@@ -37,7 +37,7 @@ def positive(x) -> bool:
 
 def test_bench_speed_cli_reports_the_iteration_against_bare_guidance():
     out = engine("bench", "speed", "--model", "tiny", "--preset", "draft", "--iterations", "2", "--warmup", "1",
-                 "--json")
+                 "--cuda-graphs", "off", "--hash-grid", "torch", "--json")
     assert out["device"] == "cpu" and out["preset"] == "draft"
     draft = out["presets"]["draft"]
     for key in ("ms_per_iteration", "ms_bare_guidance", "overhead_ratio", "peak_gpu_mb"):
@@ -58,6 +58,7 @@ def test_bench_speed_cli_reports_the_iteration_against_bare_guidance():
         assert phases[name] > 0, (name, phases)
     assert sum(phases.values()) == pytest.approx(draft["ms_per_iteration"], rel=0.5)
     assert draft["host_reads_per_iteration"]["item"] == 0
+    assert draft["hash_grid"] == "torch" and draft["cuda_graphs"] is False and draft["cuda_graphs_check"] is None
     assert out["commit"] and out["command"].startswith("python -m blender_sds.engine bench speed")
 
 
