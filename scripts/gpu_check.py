@@ -189,7 +189,8 @@ class Check:
         if stage.name == "asset":
             stage = self.asset_stage(stage)
         if not stage.command:
-            record["status"] = "skipped (not run in a dry run)" if self.args.dry_run else "skipped (no model)"
+            why = "no model" if stage.name == "asset" else "not run in a dry run" if self.args.dry_run else "no command"
+            record["status"] = f"skipped ({why})"
             self.note(f"{stage.name}: {record['status']}")
             return self.save()
         if left < 20:
