@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-KEYS = ("device", "bench_speed", "bench_speed_low_vram", "bench_speed_compile", "asset_seconds", "asset",
+KEYS = ("device", "bench_speed", "bench_speed_eager", "bench_speed_low_vram", "bench_speed_compile", "asset_seconds", "asset",
         "bench_mesh", "bench_hashgrid", "stages", "commit", "command", "nvidia_smi")
 
 

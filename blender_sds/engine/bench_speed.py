@@ -214,11 +214,11 @@ def graphs_check(guidance, views, total: int) -> dict | None:
     size = guidance.image_size
     x = (torch.rand(views.size, 3, *size, device=guidance.device) * 2 - 1).to(guidance.dtype)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    grad = torch.randn_like(encoder(x))
-    outputs = []
+    outputs, grad = [], None
     for forward in (encoder.forward.eager, encoder.forward):
         x.grad = None
         out = forward(x)
+        grad = torch.randn_like(out) if grad is None else grad  # one gradient for both
         out.backward(grad)
         outputs.append((out.detach().float(), x.grad.float()))
     z = torch.randn(2 * views.size, guidance.sample_channels, *outputs[0][0].shape[-2:], device=guidance.device)
