@@ -74,9 +74,9 @@ def cmd_run(args) -> int:
             job = validate_job(raw)
     except JobError as exc:
         return bad_input(str(exc))
-    from .guidance.model_source import ModelSourceError
-    from .isosurface import MeshError
-    from .run import JobCancelled, RunFailed, run_job
+    from .guidance.predictors.model_source import ModelSourceError
+    from .scene.isosurface import MeshError
+    from .train.run import JobCancelled, RunFailed, run_job
     mode = args.progress or ("bar" if sys.stderr.isatty() else "json")
     progress = ProgressBar(mode)
     try:
@@ -102,20 +102,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .worker import main
+    from .service.worker import main
     return main() or 0
 
 
 def cmd_serve(args) -> int:
-    from . import serve
+    from .service import serve
     return serve.main(args)
 
 
+BENCHMARKS = ("quality", "speed", "mesh", "hashgrid")  # modules of engine/bench that print figures
+
+
 def cmd_bench(args, rest: list[str]) -> int:
-    try:
-        module = importlib.import_module(f"blender_sds.engine.bench_{args.name}")
-    except ModuleNotFoundError:
-        return bad_input(f"bench: unknown benchmark {args.name!r}")
+    if args.name not in BENCHMARKS:
+        return bad_input(f"bench: unknown benchmark {args.name!r}; benchmarks: {', '.join(BENCHMARKS)}")
+    module = importlib.import_module(f"blender_sds.engine.bench.{args.name}")
     return module.main(rest) or 0
 
 
@@ -133,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="bar on a terminal, JSON lines when piped (default)")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("worker", help="speak the add-on protocol over stdin/stdout")
-    from .serve import add_arguments as serve_arguments
+    from .service.serve import add_arguments as serve_arguments
     serve_arguments(sub.add_parser("serve", help="speak the add-on protocol over TCP (a remote worker)",
                                    allow_abbrev=False))  # "--token SECRET" must not pass for --token-file
-    bench = sub.add_parser("bench", help="print figures: bench quality|speed|mesh [--json]")
+    bench = sub.add_parser("bench", help="print figures: bench quality|speed|mesh|hashgrid [--json]")
     bench.add_argument("name")
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":

@@ -14,7 +14,6 @@ import pytest
 
 from bpy_harness import BPY_ENVS, DRIVER, HUB_MODEL, REPO, TINY_OVERRIDES, WORKER_PYTHON  # noqa: F401
 
-sys.path.append(str(REPO / "tests"))  # tiny_models
 
 
 @pytest.fixture(params=sorted(BPY_ENVS), ids=lambda v: f"blender{v}")
@@ -39,7 +38,7 @@ def addon_zip(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
-    from tiny_models import make_tiny_sd
+    from blender_sds.engine.bench.tiny_models import make_tiny_sd
     return str(make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd"))
 
 

@@ -11,19 +11,19 @@ def build_guidance(job: dict, device: torch.device) -> ScoreDistillation:
     kind = job["guidance"]["kind"]
     if kind in ("stable-diffusion", "pixel"):
         if kind == "stable-diffusion":
-            from .stable_diffusion import StableDiffusionGuidance as Kind
+            from .predictors.stable_diffusion import StableDiffusionGuidance as Kind
         else:
-            from .pixel import PixelGuidance as Kind
+            from .predictors.pixel import PixelGuidance as Kind
         guidance = Kind(job, device)
-        from . import cuda_graphs
+        from .predictors import cuda_graphs
         if job["guidance"]["cuda_graphs"] and cuda_graphs.usable(guidance.device, guidance.low_vram):
             cuda_graphs.graph_judge(guidance)
         return guidance
     if kind == "reference":
-        from .reference import ReferenceGuidance
+        from .teachers.reference import ReferenceGuidance
         return ReferenceGuidance(job, device)
     if kind == "pocket":
-        from ..pocket.teacher import PocketGuidance
+        from .teachers.pocket import PocketGuidance
         return PocketGuidance(job, device)
     raise ValueError(f"guidance.kind: unknown kind {kind!r}")
 

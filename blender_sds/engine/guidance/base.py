@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..views import ViewBatch
+from ..scene.views import ViewBatch
 
 
 @dataclass

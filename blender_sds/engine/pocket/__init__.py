@@ -1,8 +1,9 @@
 """The pocket world: a tiny offline text-to-image teacher whose 3D truth is known.
 
-`world` (shapes x colours, prompts, analytic renders, truth), `teacher` (the guidance kind
-"pocket": the closed-form diffusion model of the world's renders), `metrics` (Chamfer,
-colour error and R-precision of a result mesh). See docs/QUALITY.md.
+`world` (shapes x colours, prompts, analytic renders, truth), `dataset` and `posed` (the
+renders a teacher remembers), `metrics` (Chamfer, colour error and R-precision of a result
+mesh). Its judge, the guidance kind "pocket", lives in guidance/teachers/pocket.py.
+See docs/QUALITY.md.
 """
 from .world import COLOUR_NAMES, PROMPTS, SHAPE_NAMES, parse_prompt, truth_colour, truth_points
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from ..guidance.prompts import direction_index
+from ..guidance.predictors.prompts import direction_index
 from . import world
 from .cameras import Orbit, random_orbits
 

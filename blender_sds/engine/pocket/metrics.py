@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from ..colour import linear_to_srgb
+from ..scene.colour import linear_to_srgb
 from . import world
 from .cameras import fixed_orbits
 from .raster import rasterise

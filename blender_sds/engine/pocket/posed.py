@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from ..views import ViewBatch
+from ..scene.views import ViewBatch
 from . import world
 from .cameras import Orbit
 from .dataset import ALBEDO_FRACTION, ViewSet, one_thread

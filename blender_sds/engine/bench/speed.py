@@ -1,0 +1,448 @@
+"""`bench speed`: what one SDS iteration costs, against what the diffusion model alone costs.
+
+An iteration can be no cheaper than its judge: the UNet's classifier-free pair plus the
+VAE encoder's forward and backward at the size the preset feeds it. This benchmark times
+that floor ("bare guidance") and the engine's real training step (`Run.train_step`, the
+loop users run) on the same model, and prints their ratio, the step's phases, throughput,
+the projected time per asset and peak memory.
+
+The default model is Stable Diffusion 2.1-base's published architecture with random
+weights, built from its configs written out below: the same layers and shapes, so the
+same cost, and nothing to download. It is saved once (fp16 safetensors, about 2.6 GB) to
+a cache folder and loaded by the engine's own loader. `--model tiny` is a toy-sized model
+of the same family for smoke runs; `--model PATH` times a real model folder or file.
+
+    python -m blender_sds.engine bench speed [--preset draft|standard|high|all ...]
+        [--model sd21-shape|tiny|PATH] [--device auto|cpu|cuda] [--iterations N] [--warmup N]
+        [--low-vram] [--dtype auto|float16|float32] [--compile] [--hash-grid auto|torch|triton]
+        [--cuda-graphs on|off] [--cache DIR] [--prepare] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import profiling
+from ..scene.field import encode_backend
+from ..guidance.predictors import cuda_graphs
+
+# -- models from their published configs ------------------------------------------------------
+
+# stabilityai/stable-diffusion-2-1-base: unet/config.json, vae/config.json, text_encoder/config.json
+# (OpenCLIP ViT-H/14 text tower) and the scaled-linear noise schedule.
+SD21_BASE = {
+    "unet": dict(sample_size=64, in_channels=4, out_channels=4, center_input_sample=False,
+                 flip_sin_to_cos=True, freq_shift=0,
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                   "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
+                 mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
+                 cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+                 upcast_attention=False),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, act_fn="silu", norm_num_groups=32, sample_size=512, scaling_factor=0.18215),
+    "text": dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                 num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
+                 layer_norm_eps=1e-5),
+}
+# The toy size of tests/tiny_models.py: the same classes, small enough for CI on two cores.
+TINY = {
+    "unet": dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                norm_num_groups=32, sample_size=32),
+    "text": dict(vocab_size=None, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=77),
+}
+SHAPES = {"sd21-shape": SD21_BASE, "tiny": TINY}
+SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000,
+                 clip_sample=False, steps_offset=1, prediction_type="epsilon")
+FORMAT = 1  # bump when the configs above change, so a cached folder is rebuilt
+PRESET_NAMES = ("draft", "standard", "high")
+GUIDANCE_PHASES = ("vae_encode", "unet", "guidance_rest", "backward_guidance")  # what bare guidance does
+
+
+def byte_tokenizer():
+    """A CLIPTokenizer whose tokens are single bytes (no merges): real class, no vocabulary download.
+
+    Token ids only select rows of the text encoder's embedding; prompts are encoded once per
+    run, so the tokenizer has no part in the per-iteration cost.
+    """
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
+                             model_max_length=77, pad_token="<|endoftext|>")
+
+
+def build_model_folder(folder: Path, shape: str, seed: int = 0) -> Path:
+    """Write a diffusers Stable Diffusion folder of `shape` with random weights (fp16 for the full size).
+
+    Parts are built and saved one at a time so the peak host memory is one part, not three.
+    Written beside `folder` and renamed into place: a half-written cache is never used.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = SHAPES[shape]
+    dtype = torch.float16 if shape == "sd21-shape" else torch.float32
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            tokenizer = byte_tokenizer()
+            tokenizer.save_pretrained(tmp / "tokenizer")
+            end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+            text_cfg = dict(cfg["text"], vocab_size=cfg["text"]["vocab_size"] or len(tokenizer))
+            text = CLIPTextModel(CLIPTextConfig(**text_cfg, pad_token_id=end, eos_token_id=end,
+                                                bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>")))
+            text.to(dtype).save_pretrained(tmp / "text_encoder")
+            del text
+            vae = AutoencoderKL(**cfg["vae"])
+            vae.to(dtype).save_pretrained(tmp / "vae")
+            del vae
+            unet = UNet2DConditionModel(**cfg["unet"])
+            unet.to(dtype).save_pretrained(tmp / "unet")
+            del unet
+            DDPMScheduler(**SCHEDULER).save_pretrained(tmp / "scheduler")
+        from diffusers import __version__ as diffusers_version
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers_version,
+                 "feature_extractor": [None, None], "safety_checker": [None, None],
+                 "requires_safety_checker": False, "scheduler": ["diffusers", "DDPMScheduler"],
+                 "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        (tmp / "BENCH_MODEL.json").write_text(json.dumps({"shape": shape, "format": FORMAT, "seed": seed,
+                                                          "weights": "random"}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def cache_root() -> Path:
+    base = os.environ.get("BLENDER_SDS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "blender-sds")
+    return Path(base) / "bench-models"
+
+
+MODEL_LABELS = {"sd21-shape": "SD 2.1-base architecture, random weights", "tiny": "tiny (random weights)"}
+CACHE_NAMES = {"sd21-shape": "sd21-base-shape", "tiny": "tiny-shape"}
+
+
+def resolve_model(model: str, cache: Path | None, workdir: Path) -> tuple[str, str]:
+    """(what guidance.model gets, a label): a built shape or the user's own model as given.
+
+    The full-size shape is built once into the cache (2.5 GB); the tiny one into `workdir`
+    unless a cache is named, so a CI run leaves nothing behind.
+    """
+    if model not in SHAPES:
+        return model, model
+    root = cache or (cache_root() if model == "sd21-shape" else workdir)
+    folder = root / f"{CACHE_NAMES[model]}-v{FORMAT}"
+    marker = folder / "BENCH_MODEL.json"
+    if not (marker.is_file() and json.loads(marker.read_text()).get("format") == FORMAT):
+        print(f"building the {MODEL_LABELS[model]} model in {folder} ...", file=sys.stderr, flush=True)
+        build_model_folder(folder, model)
+    return str(folder), MODEL_LABELS[model]
+
+
+# -- one preset ---------------------------------------------------------------------------------
+
+def bench_job(model: str, preset: str, *, low_vram: bool, dtype: str, graphs: bool = True) -> dict:
+    from ...job import validate_job
+
+    return validate_job({
+        "version": 1, "prompt": "a ceramic teapot", "seed": 0, "preset": preset,
+        "bounds": {"center": [0.0, 0.0, 0.0], "size": 2.0},
+        "guidance": {"kind": "stable-diffusion", "model": model, "low_vram": low_vram, "dtype": dtype,
+                     "cuda_graphs": graphs},
+        "cameras": {"mode": "orbit"},
+        # Past the albedo warm-up, as 80% of a run is: lit and textureless steps evaluate normals.
+        "optim": {"albedo_steps": 0},
+    })
+
+
+def bare_guidance_call(run, views):
+    """The floor: encode a render-sized image (upsampled to the model's size), the UNet's CFG pair,
+    and the encoder's backward to the image. Nothing of the field, renderer or optimiser."""
+    res = int(run.job["render"]["resolution"])
+    # Laid out as the renderer's images are (a channels-last view of (B,H,W,3)): convolutions
+    # take a different path per layout, and the floor must be the judge's real workload.
+    pixels = torch.rand(views.size, res, res, 3, device=run.device, requires_grad=True)
+    steps = int(run.job["steps"])
+    guidance = run.guidance  # the judge itself, never a probe put in its place later
+
+    def call():
+        pixels.grad = None
+        guidance(pixels.permute(0, 3, 1, 2), views, steps // 2, steps).loss.backward()
+
+    return call
+
+
+def graphs_check(guidance, views, total: int) -> dict | None:
+    """Largest differences between the judge's graphed replays and its eager modules, on one fresh
+    input: the replays must compute what eager PyTorch does before their speed counts."""
+    if not cuda_graphs.active(guidance):
+        return None
+    unet, encoder = guidance.unet, guidance.vae.encoder
+    size = guidance.image_size
+    x = (torch.rand(views.size, 3, *size, device=guidance.device) * 2 - 1).to(guidance.dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    outputs, grad = [], None
+    for forward in (encoder.forward.eager, encoder.forward):
+        x.grad = None
+        out = forward(x)
+        grad = torch.randn_like(out) if grad is None else grad  # one gradient for both
+        out.backward(grad)
+        outputs.append((out.detach().float(), x.grad.float()))
+    z = torch.randn(2 * views.size, guidance.sample_channels, *outputs[0][0].shape[-2:], device=guidance.device)
+    t = torch.full((2 * views.size,), total // 2, device=guidance.device, dtype=torch.long)
+    hidden = torch.cat([guidance.embeddings.conditional(views), guidance.embeddings.uncond.expand(views.size, -1, -1)])
+    with torch.no_grad():
+        eager_eps = unet.module(z.to(guidance.dtype), t, encoder_hidden_states=hidden).sample.float()
+        graphed_eps = unet(z.to(guidance.dtype), t, encoder_hidden_states=hidden).sample.float()
+    (eager_z, eager_g), (graphed_z, graphed_g) = outputs
+    return {"encoder_graphed": not encoder.forward.failed,
+            "unet_max_diff": float((graphed_eps - eager_eps).abs().max()),
+            "unet_max_abs": float(eager_eps.abs().max()),
+            "encoder_max_diff": float((graphed_z - eager_z).abs().max()),
+            "encoder_grad_max_diff": float((graphed_g - eager_g).abs().max()),
+            "encoder_grad_max_abs": float(eager_g.abs().max())}
+
+
+def attention_kind(unet) -> str:
+    try:
+        return ",".join(sorted({type(p).__name__ for p in unet.attn_processors.values()})) or "none"
+    except AttributeError:
+        return "unknown"
+
+
+def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
+    from ..train.run import Run
+
+    # torch.compile brings its own graphs: compiled parts are never captured a second time.
+    job = bench_job(model, preset, low_vram=args.low_vram, dtype=args.dtype,
+                    graphs=args.cuda_graphs == "on" and not args.compile)
+    profiling.reset_peak_host_rss()
+    profiling.reset_peak_gpu(device)
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as out:
+        run = Run(job, Path(out), device)
+        run.field.encoding.backend = args.hash_grid
+        guidance = run.guidance
+        if args.compile:
+            guidance.unet = torch.compile(guidance.unet)
+            guidance.vae.encoder = torch.compile(guidance.vae.encoder)
+        total = int(job["steps"])
+        views = run.cameras.sample(int(job["render"]["batch"]))
+
+        bare_call = bare_guidance_call(run, views)
+        for _ in range(args.warmup):
+            bare_call()
+            run.train_step(total)
+        loading_peak = profiling.peak_gpu_mb(device)  # loading (text encoder included) and warm-up
+        # Interleaved, so a shared machine's changing load falls on both alike and their ratio holds.
+        profiling.reset_peak_gpu(device)
+        clock, bare_marks = profiling.Clock(device), []
+        probe = profiling.PhaseProbe(run).attach()
+        try:
+            clock.synchronize()
+            for _ in range(args.iterations):
+                start = clock.mark()
+                bare_call()
+                bare_marks.append((start, clock.mark()))
+                probe.step(total)
+            steps = probe.finish()
+        finally:
+            probe.detach()
+        bare = [clock.ms(a, b) for a, b in bare_marks]
+        graphs_agree = graphs_check(guidance, views, total)
+        # Back to back, as the loop runs: on a GPU the host may queue the next step early.
+        stream_ms = None
+        if device.type == "cuda":
+            stream_ms = profiling.median(profiling.time_calls(lambda: [run.train_step(total) for _ in range(
+                args.iterations)], device, 1, 0)) / args.iterations
+        steps_peak = profiling.peak_gpu_mb(device)
+        occupancy = profiling.time_calls(
+            lambda: run.occupancy.update(run.field, 0, run.step_length, run.generator, force=True),
+            device, max(1, min(3, args.iterations)), 1)
+        preview = profiling.time_calls(run.save_preview, device, 1, 0)
+        audit = profiling.audit_step(run, total)
+        rss = profiling.peak_host_rss_mb()
+        later_peak = profiling.peak_gpu_mb(device)  # steps, occupancy refresh, preview
+        gpu = {k: None if later_peak[k] is None else max(loading_peak[k], later_peak[k]) for k in later_peak}
+        figures = {
+            "preset": preset,
+            "steps": total,
+            "render_resolution": int(job["render"]["resolution"]),
+            "batch": int(job["render"]["batch"]),
+            "samples_per_ray": int(job["render"]["samples"]),
+            "guidance_image_size": list(guidance.image_size),
+            "dtype": str(guidance.dtype).replace("torch.", ""),
+            "low_vram": bool(args.low_vram),
+            "compiled": bool(args.compile),
+            "attention": attention_kind(guidance.unet),
+            "channels_last": bool(device.type == "cuda"),
+            "hash_grid": encode_backend(run.field.encoding, device),
+            "cuda_graphs": cuda_graphs.active(guidance),
+            "cuda_graphs_check": graphs_agree,
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            "ms_bare_guidance": profiling.median(bare),
+            "ms_per_iteration": profiling.median(s["total"] for s in steps),
+            "ms_per_iteration_stream": stream_ms,
+            "overhead_ratio_paired": profiling.median(s["total"] / b for s, b in zip(steps, bare) if b > 0),
+            "breakdown_ms": {name: profiling.median(s[name] for s in steps) for name in profiling.PHASES},
+            "lit_iterations": sum(s["lit"] for s in steps),
+            "ms_occupancy_update": profiling.median(occupancy),
+            "ms_occupancy_per_step": profiling.median(occupancy) / run.occupancy.update_every,
+            "ms_preview": preview[0],
+            "ms_preview_per_step": preview[0] / max(int(job["output"]["preview_every"]), 1),
+            "host_reads_per_iteration": audit,
+            "peak_gpu_mb": gpu["allocated"],
+            "peak_gpu_reserved_mb": gpu["reserved"],
+            "peak_gpu_steps_mb": steps_peak["allocated"],
+            "peak_host_rss_mb": rss,
+        }
+        del probe, run, guidance
+    ms = figures["ms_per_iteration"]
+    figures["overhead_ratio"] = ms / figures["ms_bare_guidance"] if figures["ms_bare_guidance"] else None
+    # The same ratio from inside each step (its guidance phases against the whole): no second
+    # measurement, so a shared machine's noise between the two cannot move it.
+    figures["overhead_ratio_phases"] = profiling.median(
+        s["total"] / sum(s[k] for k in GUIDANCE_PHASES) for s in steps if sum(s[k] for k in GUIDANCE_PHASES) > 0)
+    figures["iterations_per_second"] = 1000.0 / ms if ms else None
+    figures["minutes_per_asset"] = total * ms / 60000.0
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return figures
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m blender_sds.engine bench speed",
+                                     description="Time the SDS iteration against the bare diffusion model.")
+    parser.add_argument("--preset", nargs="+", default=["standard"], choices=PRESET_NAMES + ("all",),
+                        help="presets to measure (default standard; 'all' for the three)")
+    parser.add_argument("--model", default="sd21-shape",
+                        help="sd21-shape (default: SD 2.1-base architecture, random weights), tiny, or a "
+                             "model folder / checkpoint / hub id")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default 20, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3, 1 on CPU)")
+    parser.add_argument("--low-vram", action="store_true", help="guidance.low_vram: offload the UNet")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float16", "float32"))
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet and the VAE encoder (experimental; compile time not counted)")
+    parser.add_argument("--hash-grid", default="auto", choices=("auto", "torch", "triton"),
+                        help="hash-grid encode: auto (fused Triton kernel on CUDA when it is there, else "
+                             "plain PyTorch), or force one")
+    parser.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
+                        help="guidance.cuda_graphs: replay the judge from CUDA graphs (default on, as jobs; "
+                             "only on CUDA without --low-vram)")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only build (or find) the model and print its folder; time nothing")
+    parser.add_argument("--cache", default=None, help="where the sd21-shape model is built (default "
+                                                      "$BLENDER_SDS_CACHE or ~/.cache/blender-sds)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    for name in ("iterations", "warmup"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "iterations" else 0):
+            parser.error(f"--{name} must be >= {1 if name == 'iterations' else 0}, got {value}")
+    return args
+
+
+def report_text(result: dict) -> str:
+    lines = [f"bench speed: {result['model']} on {result['device']} ({result['device_name']}), "
+             f"commit {result['commit']}, torch {result['torch']}, load average {result['load_average']}"]
+    for name, f in result["presets"].items():
+        b = f["breakdown_ms"]
+        gpu = ("n/a (CPU)" if f["peak_gpu_mb"] is None else
+               f"{f['peak_gpu_mb']:.0f} MB (steps alone {f['peak_gpu_steps_mb']:.0f} MB)")
+        lines += [
+            f"\n[{name}] render {f['render_resolution']}^2 x{f['batch']}, {f['samples_per_ray']} samples/ray -> "
+            f"guidance at {f['guidance_image_size'][0]}^2, {f['dtype']}, attention {f['attention']}, "
+            f"hash grid {f['hash_grid']}, CUDA graphs {'on' if f['cuda_graphs'] else 'off'}"
+            f"{', low-VRAM' if f['low_vram'] else ''}{', compiled' if f['compiled'] else ''}",
+            f"  bare guidance (UNet CFG pair + VAE encoder fwd/bwd): {f['ms_bare_guidance']:.1f} ms",
+            f"  full iteration: {f['ms_per_iteration']:.1f} ms (median of {f['iterations']}, "
+            f"{f['lit_iterations']} lit" + (f"; {f['ms_per_iteration_stream']:.1f} ms back to back)"
+                                             if f["ms_per_iteration_stream"] else ")"),
+            f"  overhead ratio: {f['overhead_ratio']:.3f} (pairwise {f['overhead_ratio_paired']:.3f}, "
+            f"within the step {f['overhead_ratio_phases']:.3f})   "
+            f"{f['iterations_per_second']:.3f} it/s   "
+            f"{f['minutes_per_asset']:.1f} min per asset ({f['steps']} steps)",
+            "  breakdown (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in b.items()),
+            f"  occupancy refresh {f['ms_occupancy_update']:.1f} ms (every 16 steps), preview "
+            f"{f['ms_preview']:.1f} ms (every 250 steps); host reads per step: "
+            f"{f['host_reads_per_iteration']['item']} item, {f['host_reads_per_iteration']['nonzero']} nonzero; "
+            f"{f['host_reads_per_iteration']['aten_ops']} aten ops",
+            f"  peak GPU memory {gpu}; peak host RSS {f['peak_host_rss_mb']:.0f} MB",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = profiling.bench_device(args.device)
+    if device is None:
+        return 2
+    info = profiling.machine(device)  # the commit and load the measured code started from
+    on_cpu = device.type == "cpu"
+    args.iterations = args.iterations or (3 if on_cpu else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 3)
+    presets = list(PRESET_NAMES) if "all" in args.preset else list(dict.fromkeys(args.preset))
+    from ...job import JobError
+    from ..guidance.predictors.model_source import ModelSourceError
+
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as work:
+        try:
+            model, label = resolve_model(args.model, Path(args.cache) if args.cache else None, Path(work))
+            if args.prepare:
+                print(json.dumps({"model": model, "label": label}) if args.json else model)
+                return 0
+            results = {name: measure_preset(model, name, device, args) for name in presets}
+        except (ModelSourceError, JobError) as exc:
+            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+    result = {"device": str(device), **info, "load_average_end": profiling.machine(device)["load_average"], "model": label,
+              "command": "python -m blender_sds.engine bench speed " + " ".join(argv), "presets": results}
+    result.update(results[presets[0]])  # top-level copies of the first preset, for one-preset readers
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(report_text(result))
+    return 0

@@ -1,0 +1,1 @@
+"""Noise predictors over real diffusion models (Stable Diffusion, pixel-space), their loading and CUDA graphs."""

@@ -1,0 +1,1 @@
+"""Closed-form teachers: the reference views and the pocket world, whose exact scores make quality measurable."""

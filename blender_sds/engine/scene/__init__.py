@@ -1,0 +1,1 @@
+"""The scene being optimised and how it is seen: field, hash grid, cameras, renderer, occupancy, isosurface, colour."""

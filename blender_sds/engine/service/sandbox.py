@@ -1,0 +1,286 @@
+"""The remote worker's rules: nothing a message says is trusted to be a path.
+
+A client of `serve` may be on another machine, so a job's own paths (init.checkpoint,
+reference views, model folders) mean nothing here and must not reach the disk. A remote
+job names only hub ids, or files the client uploaded into the job's folder; the worker
+makes every folder itself, under the root it was started with:
+
+    ROOT/jobs/<utc time, µs>-<random>/inputs/...   what the client uploaded (names checked)
+    ROOT/jobs/<utc time, µs>-<random>/out/...      what the engine writes
+
+and sends results back as data (`file` messages). Uploads are data files only (no code,
+no pickle: a checkpoint is read with weights_only, a model must be safetensors), within
+a size budget per job. One job runs at a time in the whole server (`JobSlot`); a second
+client hears "busy". Both message fields that could carry a path, `out` and `base_dir`,
+must be empty.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from ... import protocol
+from ...job import JobError, validate_job
+from .worker import Refused
+
+# job.json is not among the result files sent back: the client knows its own paths, we do not.
+UPLOAD_SUFFIXES, RESULT_FILES = protocol.UPLOAD_SUFFIXES, protocol.RESULT_FILES
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_JOB_FOLDER = re.compile(r"\d{8}-\d{12}-[0-9a-f]{8}")
+_LIBRARIES = ("diffusers", "transformers")
+
+
+class JobSlot:
+    """The server's one job at a time, shared by all its connections."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.since: float | None = None
+
+    def claim(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            started = time.strftime("%H:%M:%S", time.localtime(self.since)) if self.since else "earlier"
+            raise Refused(f"busy: this remote worker is running another job (started {started}); "
+                          "try again when it has finished", "busy")
+        self.since = time.time()
+
+    def release(self) -> None:
+        self.since = None
+        self._lock.release()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+
+class SandboxWorkspace:
+    """One connection's view of the server's root: its uploads, its job folders."""
+
+    greets_first = False  # nothing is said to a peer before it has shown the token
+
+    def __init__(self, root: Path, slot: JobSlot, token: str | None, *, max_upload_bytes: int,
+                 keep_jobs: int = 20, reader: protocol.MessageReader | None = None, on_admit=None):
+        self.root = Path(root).resolve()
+        self.jobs = self.root / "jobs"
+        self.slot = slot
+        self.token = token
+        self.max_upload_bytes = max_upload_bytes
+        self.keep_jobs = keep_jobs
+        self.reader = reader  # its line limit is raised once the peer is admitted
+        self.on_admit = on_admit  # the transport lifts its hello deadline
+        self.folder: Path | None = None  # where the next job's uploads go
+        self.uploaded = 0
+        self._claimed = False
+
+    # -- who may talk ------------------------------------------------------------------------
+    def hello_extra(self) -> dict:
+        return {"remote": True}
+
+    def admit(self, hello: dict) -> None:
+        if self.token is not None:
+            given = hello.get("token")
+            if not isinstance(given, str) or not given:
+                raise Refused("this remote worker needs a token: set Token in the add-on preferences to the "
+                              "worker's secret", "unauthorized", kind="failed")
+            import hmac
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode("utf-8")):
+                raise Refused("wrong token: the remote worker refused the connection; check Token in the add-on "
+                              "preferences", "unauthorized", kind="failed")
+        if self.reader is not None:
+            self.reader.max_bytes = protocol.MAX_LINE_BYTES
+        if self.on_admit is not None:
+            self.on_admit()
+
+    # -- one job at a time -------------------------------------------------------------------
+    def claim(self) -> None:
+        self.slot.claim()
+        self._claimed = True
+
+    def release(self) -> None:
+        if self._claimed:
+            self._claimed = False
+            self.slot.release()
+            self.prune()
+
+    # -- uploads -----------------------------------------------------------------------------
+    def _job_folder(self) -> Path:
+        if self.folder is None:
+            self.jobs.mkdir(parents=True, exist_ok=True, mode=0o700)
+            now = time.time_ns()
+            name = (time.strftime("%Y%m%d-%H%M%S", time.gmtime(now // 10**9)) + f"{now // 1000 % 10**6:06d}-"
+                    + secrets.token_hex(4))  # sorts by time, to the microsecond
+            folder = self.jobs / name
+            (folder / "inputs").mkdir(parents=True, mode=0o700)
+            (folder / "out").mkdir(mode=0o700)
+            self.folder, self.uploaded = folder, 0
+        return self.folder
+
+    def _inside(self, base: Path, name: str) -> Path:
+        path = (base / name).resolve()
+        if os.path.commonpath([path, base.resolve()]) != str(base.resolve()) or path == base.resolve():
+            raise Refused(f"{name!r} is not inside the job's folder", "path", key="name")
+        return path
+
+    def upload(self, message: dict) -> None:
+        name = protocol.check_name(message["name"], "upload.name")
+        if not name.lower().endswith(UPLOAD_SUFFIXES):
+            raise Refused(f"upload.name: {name!r}: only data files may be uploaded "
+                          f"({', '.join(UPLOAD_SUFFIXES)}); no code, no pickle", "upload", key="name")
+        data = protocol.chunk_bytes(message)
+        if self.uploaded + len(data) > self.max_upload_bytes:
+            raise Refused(f"upload: the job's uploads would pass this worker's limit of "
+                          f"{self.max_upload_bytes // 2**20} MiB (--max-upload-mb)", "too_large")
+        inputs = self._job_folder() / "inputs"
+        path = self._inside(inputs, name)
+        have = path.stat().st_size if path.is_file() else 0
+        if message["offset"] != have:
+            raise Refused(f"upload {name!r}: chunk at offset {message['offset']}, but {have} bytes are there: "
+                          "send a file's chunks in order, from offset 0, once", "upload", key="offset")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(path, "ab" if have else "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise Refused(f"upload {name!r}: cannot write it here: {exc.strerror or exc}", "upload") from None
+        self.uploaded += len(data)
+
+    # -- the run -----------------------------------------------------------------------------
+    def prepare(self, message: dict) -> tuple[dict, str]:
+        for field in ("base_dir", "out"):
+            if message[field] != "":
+                raise Refused(f"{field}: a remote worker reads and writes only folders it makes itself; send an "
+                              f"empty string (got {message[field][:120]!r})", "path", key=field)
+        folder = self._job_folder()
+        inputs = folder / "inputs"
+        raw = message["job"]
+        _check_paths(raw, inputs)
+        job = validate_job(raw, str(inputs))
+        for key, path in _job_paths(job):
+            if path is not None and not _is_hub(path):
+                real = Path(path).resolve()
+                if os.path.commonpath([real, inputs.resolve()]) != str(inputs.resolve()):
+                    raise Refused(f"{key}: {path!r} is outside the job's folder", "path", key=key)
+        self.folder = None  # the next job's uploads go to a new folder
+        return job, str(folder / "out")
+
+    def relay(self, event: dict, send) -> None:
+        """An engine event as the client can use it: folder paths become file names, and
+        the files themselves travel first (a preview at once, the result at the end)."""
+        kind = event.get("type")
+        if kind == "preview":
+            path = Path(event["path"])
+            self._send_file(path, send)
+            event = {**event, "path": path.name}
+        elif kind == "checkpoint":
+            event = {**event, "path": Path(event["path"]).name}
+        elif kind == "done":
+            out = Path(event["out"])
+            for name in RESULT_FILES:
+                self._send_file(out / name, send)
+            event = {**event, "out": ""}
+        send(event)
+
+    def _send_file(self, path: Path, send) -> None:
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            return  # not written (e.g. no preview yet): the client goes without it
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            for message in protocol.chunks(path.name, fh, "file", size=size):
+                send(message)
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def prune(self) -> None:
+        """Keep the newest `keep_jobs` job folders (only ones with our own names)."""
+        if self.keep_jobs <= 0 or not self.jobs.is_dir():
+            return
+        ours = sorted(p for p in self.jobs.iterdir() if p.is_dir() and _JOB_FOLDER.fullmatch(p.name))
+        for old in ours[:-self.keep_jobs]:
+            if old != self.folder:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+# -- what a remote job may name ------------------------------------------------------------------
+
+def _is_hub(text: str) -> bool:
+    return bool(_HUB_ID.fullmatch(text)) and ".." not in text
+
+
+def _job_paths(job: dict):
+    """(key, path) for every path a normalised job holds."""
+    g = job["guidance"]
+    yield "guidance.model", g["model"]
+    yield "guidance.config", g["config"]
+    for i, view in enumerate(g["views"]):
+        yield f"guidance.views[{i}].image", view["image"]
+    yield "init.checkpoint", job["init"]["checkpoint"]
+
+
+def _raw_paths(raw):
+    """(key, value, may_be_hub) for the places a raw job may name a file, whatever their shape."""
+    if not isinstance(raw, dict):
+        return
+    guidance = raw.get("guidance")
+    if isinstance(guidance, dict):
+        yield "guidance.model", guidance.get("model"), True
+        yield "guidance.config", guidance.get("config"), True
+        views = guidance.get("views")
+        if isinstance(views, list):
+            for i, view in enumerate(views):
+                if isinstance(view, dict):
+                    yield f"guidance.views[{i}].image", view.get("image"), False
+    init = raw.get("init")
+    if isinstance(init, dict):
+        yield "init.checkpoint", init.get("checkpoint"), False
+
+
+def _check_paths(raw, inputs: Path) -> None:
+    """Refuse a path that could leave the job's folder, before the validator reads anything."""
+    for key, value, may_be_hub in _raw_paths(raw):
+        if not isinstance(value, str) or not value:
+            continue  # not a path: the validator names the key and what was wanted
+        if may_be_hub and _is_hub(value) and not (inputs / value).exists():
+            continue  # a hub id: fetched by the worker's own hub cache
+        try:
+            protocol.check_name(value, key)
+        except protocol.ProtocolError as exc:
+            raise Refused(f"{exc}; a remote job may name only hub ids (org/name) and files it uploaded",
+                          "path", key=key) from None
+        target = inputs / value
+        if not target.exists():
+            raise JobError(key, f"{value!r} was not uploaded to this job; upload it first (a remote job names "
+                                "only hub ids and uploaded files)")
+        if key == "guidance.model" and target.is_file() and not value.lower().endswith(".safetensors"):
+            raise Refused(f"{key}: a remote worker loads single-file models only as .safetensors (no pickle), "
+                          f"got {value!r}", "path", key=key)
+        if target.is_dir():
+            _check_model_index(target, key)
+
+
+def _check_model_index(folder: Path, key: str) -> None:
+    """A diffusers folder may only name library classes: a class from a file in the folder
+    would be code the client sent."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return
+    try:
+        entries = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise JobError(key, f"model_index.json cannot be read: {exc}") from None
+    if not isinstance(entries, dict):
+        raise JobError(key, "model_index.json must be a JSON object")
+    for name, value in entries.items():
+        if name.startswith("_"):
+            if name == "_class_name" and not isinstance(value, str):
+                raise Refused(f"{key}: model_index.json _class_name must be a diffusers class name", "path", key=key)
+            continue
+        if isinstance(value, list) and len(value) == 2 and value[0] is not None and value[0] not in _LIBRARIES:
+            raise Refused(f"{key}: model_index.json component {name!r} comes from {value[0]!r}; a remote worker "
+                          f"loads only {', '.join(_LIBRARIES)} classes", "path", key=key)

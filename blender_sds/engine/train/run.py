@@ -1,0 +1,312 @@
+"""One job, start to finish: judge renders, step the field, and turn it into a mesh.
+
+This is the only loop: the CLI, the Blender worker and the benchmarks all call
+`run_job`. It never synchronises with the GPU inside a step except every
+`output.progress_every` steps, when it reports.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifacts, faults
+from ..scene.cameras import CameraSampler, fixed_views
+from ..device import pick_device
+from ..scene.field import Field, FieldConfig
+from ..guidance import build_guidance
+from ..scene.occupancy import OccupancyGrid
+from ..scene.renderer import Background, render
+
+MESH_FILE, PREVIEW_FILE, CHECKPOINT_FILE, LOG_FILE, JOB_FILE, STATUS_FILE = (
+    "mesh.npz", "preview.png", "checkpoint.pt", "log.jsonl", "job.json", "status.json")
+PREVIEW_RESOLUTION = 128
+PREVIEW_DISTANCE = 1.5  # in bounds sizes: the whole box in frame at 45 degrees, the object large
+LIT_SHADING = (("albedo", 0.25), ("textureless", 0.375), ("lambertian", 0.375))  # threestudio's mix
+
+
+class JobCancelled(Exception):
+    """The caller asked the run to stop; the last checkpoint is kept, no mesh is written."""
+
+
+class RunFailed(RuntimeError):
+    """The run could not go on (out of memory, a loss that stays NaN, a full disk); the
+    message says what to do. The result folder is marked failed and keeps its last checkpoint."""
+
+
+OOM_ADVICE = ("set guidance.low_vram to true (the add-on's Low VRAM preference), use preset draft, "
+              "or lower render.resolution / render.batch")
+
+
+class Run:
+    """Everything one job optimises, and how it reports."""
+
+    def __init__(self, job: dict, out_dir: Path, device: torch.device, on_event=None):
+        self.job = job
+        self.out = out_dir
+        self.device = device
+        self.on_event = on_event
+        self.seed = int(job["seed"])
+        torch.manual_seed(self.seed)
+        self.rng = random.Random(self.seed)
+        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        bounds = job["bounds"]
+        self.emit({"type": "stage", "name": "loading guidance"})
+        self.guidance = build_guidance(job, device)
+        self.field = Field(bounds["center"], bounds["size"], FieldConfig.for_job(job)).to(device)
+        self.background = Background().to(device)
+        self.occupancy = OccupancyGrid(bounds["center"], bounds["size"], device=device)
+        optim = job["optim"]
+        self.optimizer = torch.optim.Adam(
+            self.field.parameter_groups(optim["lr"]) + [{"params": self.background.parameters(), "lr": 1e-3}],
+            betas=(0.9, 0.99), eps=1e-15)
+        rig = None
+        if job["guidance"]["kind"] == "reference":
+            rig = self.guidance.cameras
+        self.cameras = CameraSampler(job, device, self.generator, rig=rig,
+                                     jitter=job["guidance"]["kind"] != "reference")
+        self.step = 0
+        self.nonfinite = torch.zeros((), dtype=torch.int32, device=device)
+        self.samples = int(job["render"]["samples"])
+        self.step_length = math.sqrt(3) / self.samples  # one render step, in units of bounds.size
+        self.occupancy.update(self.field, 0, self.step_length, self.generator, force=True)
+        init = job["init"]
+        if init["checkpoint"]:
+            self.restore(artifacts.load_checkpoint(init["checkpoint"]), resume=init["resume"])
+
+    # -- reporting ---------------------------------------------------------------------------
+    def emit(self, event: dict) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"field": self.field.state_dict(), "field_config": self.field.cfg.to_dict(),
+                "background": self.background.state_dict(), "occupancy": self.occupancy.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "job": json.loads(json.dumps(self.job))}
+
+    def restore(self, state: dict, resume: bool) -> None:
+        if state.get("field_config") != self.field.cfg.to_dict():
+            raise ValueError("init.checkpoint: the checkpoint's field was made with another preset "
+                             f"({state.get('field_config')}); use the same preset to continue from it")
+        if list(state["job"]["bounds"]["center"]) != list(self.job["bounds"]["center"]) or \
+                state["job"]["bounds"]["size"] != self.job["bounds"]["size"]:
+            raise ValueError("init.checkpoint: the checkpoint's bounds differ from this job's bounds")
+        self.field.load_state_dict(state["field"])
+        self.occupancy.load_state_dict(state["occupancy"])
+        self.background.load_state_dict(state["background"])
+        if resume:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path:
+        faults.at_write("checkpoint")
+        path = self.out / CHECKPOINT_FILE
+        artifacts.save_checkpoint(path, self.state())
+        self.emit({"type": "checkpoint", "step": self.step, "path": str(path)})
+        return path
+
+    # -- one step ----------------------------------------------------------------------------
+    def shading_for(self, step: int) -> str:
+        """Albedo first, then threestudio's mix, restricted to the shadings the judge knows."""
+        allowed = [(name, p) for name, p in LIT_SHADING if name in self.guidance.shadings]
+        if step < self.job["optim"]["albedo_steps"] or [name for name, _ in allowed] == ["albedo"]:
+            return "albedo"
+        r = self.rng.random() * sum(p for _, p in allowed)
+        for name, p in allowed:
+            if r < p:
+                return name
+            r -= p
+        return allowed[-1][0]
+
+    def light_for(self, views) -> torch.Tensor:
+        center = self.field.center
+        offset = views.c2w[:, :3, 3] - center
+        dist = offset.norm(dim=-1, keepdim=True)
+        noise = torch.randn(offset.shape, generator=self.generator, device=self.device) * 0.5 * dist
+        scale = 0.8 + 0.7 * torch.rand(dist.shape, generator=self.generator, device=self.device)
+        return center + torch.nn.functional.normalize(offset + noise, dim=-1) * dist * scale
+
+    def train_step(self, total: int) -> torch.Tensor:
+        job = self.job
+        views = self.cameras.sample(int(job["render"]["batch"]))
+        if self.guidance.needs_solid_background or self.rng.random() < 0.5:
+            solid = torch.rand(views.size, 3, generator=self.generator, device=self.device)
+            views, background = views.with_background(solid), solid
+        else:
+            background = self.background
+        shading = self.shading_for(self.step)
+        light = self.light_for(views) if shading != "albedo" else None
+        weights = job["optim"]
+        out = render(self.field, views, self.samples, occupancy=self.occupancy, shading=shading, light=light,
+                     background=background, generator=self.generator,
+                     want_orientation=weights["orientation"] > 0 and shading != "albedo")
+        judged = self.guidance(out.image, views, self.step, total)
+        loss = faults.at_step(self.step, judged.loss)
+        for name in ("orientation", "sparsity", "opaque"):
+            if weights[name] > 0 and name in out.regularisers:
+                loss = loss + weights[name] * out.regularisers[name]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # A NaN/inf step is skipped (its gradients zeroed) without a host sync; the count is
+        # read when progress is reported.
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.isfinite(loss) & torch.stack([g.isfinite().all() for g in grads]).all()
+        for g in grads:
+            torch.where(finite, g, torch.zeros((), device=g.device, dtype=g.dtype), out=g)
+        self.nonfinite += (~finite).int()
+        self.optimizer.step()
+        self.step += 1
+        self.occupancy.update(self.field, self.step, self.step_length, self.generator)
+        self.last_figures = judged.figures
+        return torch.where(finite, loss.detach(), torch.zeros((), device=loss.device))
+
+    # -- outputs -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def preview(self) -> np.ndarray:
+        """Front and back, lit from the camera, on white: what the artist checks at a glance."""
+        bounds = self.job["bounds"]
+        views = fixed_views(bounds["center"], bounds["size"], (0.0, 180.0), 15.0, PREVIEW_RESOLUTION,
+                            distance=PREVIEW_DISTANCE, device=self.device)
+        light = views.c2w[:, :3, 3]
+        white = torch.ones(views.size, 3, device=self.device)
+        out = render(self.field, views, self.samples, occupancy=self.occupancy, shading="lambertian",
+                     light=light, background=white, stratified=False)
+        img = out.image.permute(0, 2, 3, 1).cpu().numpy()
+        return np.concatenate(list(img), axis=1)
+
+    def save_preview(self) -> Path:
+        path = self.out / PREVIEW_FILE
+        artifacts.save_png(path, self.preview())
+        self.emit({"type": "preview", "step": self.step, "path": str(path)})
+        return path
+
+    @torch.no_grad()
+    def extract_mesh(self) -> dict:
+        from ..scene.isosurface import extract_mesh
+        bounds, mesh = self.job["bounds"], self.job["mesh"]
+        return extract_mesh(self.field.density, self.field.albedo, bounds["center"], bounds["size"],
+                            resolution=mesh["resolution"], threshold=mesh["threshold"],
+                            min_component=mesh["min_component"], device=self.device)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out: cannot write to {out}: {exc.strerror or exc}") from None
+
+
+def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None) -> Path:
+    """Run a normalised job into `out_dir`; see docs/JOB.md and DESIGN.md for the files.
+
+    `status.json` says what the folder holds: running, complete, cancelled or failed
+    (with the message); `mesh.npz` is written last, so only a complete run has one.
+    """
+    started = time.monotonic()
+    out = Path(out_dir).resolve()
+    check_writable(out)
+    (out / MESH_FILE).unlink(missing_ok=True)  # an old result must not pass for this one
+    device = pick_device(device)
+    resume = bool(job["init"]["resume"])
+    log = open(out / LOG_FILE, "a" if resume else "w", encoding="utf-8")
+    status = {"state": "running", "pid": os.getpid(), "steps": int(job["steps"])}
+    artifacts.save_json(out / STATUS_FILE, status)
+
+    def emit(event: dict) -> None:
+        log.write(json.dumps(event) + "\n")
+        log.flush()
+        if on_event is not None:
+            on_event(event)
+
+    run = None
+    try:
+        artifacts.save_json(out / JOB_FILE, job)
+        run = Run(job, out, device, on_event=emit)
+        total = int(job["steps"])
+        output = job["output"]
+        emit({"type": "start", "steps": total, "start_step": run.step, "device": str(device)})
+        emit({"type": "stage", "name": "optimising"})
+        loss_sum = torch.zeros((), device=device)
+        loss_count = 0
+        skipped_before = 0
+        step_seconds = None
+        last = time.monotonic()
+        while run.step < total:
+            if should_stop is not None and should_stop():
+                run.save_checkpoint()
+                raise JobCancelled(f"cancelled at step {run.step} of {total}")
+            loss_sum += run.train_step(total)
+            loss_count += 1
+            step = run.step
+            if step % output["progress_every"] == 0 or step == total:
+                skipped = int(run.nonfinite)  # the one host sync, on progress steps only
+                if skipped - skipped_before == loss_count and loss_count >= 5:
+                    raise RunFailed(f"the loss was NaN or infinite for {loss_count} steps in a row "
+                                    f"(up to step {step}); lower guidance.scale or optim.lr, or set "
+                                    f"guidance.grad_clip")
+                good = max(loss_count - (skipped - skipped_before), 1)
+                skipped_before = skipped
+                now = time.monotonic()
+                per_step = (now - last) / loss_count
+                step_seconds = per_step if step_seconds is None else 0.7 * step_seconds + 0.3 * per_step
+                last = now
+                figures = {k: float(v) for k, v in run.last_figures.items()}
+                figures["occupied"] = run.occupancy.fraction
+                figures["skipped_steps"] = skipped
+                emit({"type": "progress", "step": step, "steps": total, "loss": float(loss_sum) / good,
+                      "elapsed": round(now - started, 3), "seconds_left": round(step_seconds * (total - step), 1),
+                      "figures": figures})
+                loss_sum.zero_()
+                loss_count = 0
+            if output["preview_every"] and step % output["preview_every"] == 0 and step < total:
+                run.save_preview()
+            if output["checkpoint_every"] and step % output["checkpoint_every"] == 0 and step < total:
+                run.save_checkpoint()
+        emit({"type": "stage", "name": "writing result"})
+        run.save_preview()
+        run.save_checkpoint()
+        emit({"type": "stage", "name": "extracting mesh"})
+        mesh = run.extract_mesh()
+        artifacts.save_mesh(out / MESH_FILE, mesh)
+        artifacts.save_json(out / STATUS_FILE, {**status, "state": "complete"})
+        emit({"type": "done", "out": str(out), "vertices": int(len(mesh["vertices"])),
+              "faces": int(len(mesh["faces"])), "threshold": float(mesh["threshold"]),
+              "seconds": round(time.monotonic() - started, 2)})
+        return out
+    except (JobCancelled, KeyboardInterrupt) as exc:
+        artifacts.save_json(out / STATUS_FILE, {**status, "state": "cancelled",
+                                                "message": str(exc) or "interrupted"})
+        raise
+    except BaseException as exc:
+        if is_out_of_memory(exc):
+            step = run.step if run is not None else 0
+            exc = RunFailed(f"out of GPU memory at step {step}: {OOM_ADVICE}")
+        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            exc = RunFailed(f"the disk holding {out} is full ({exc.filename or 'while writing'}); "
+                            "free space and continue with init.resume from the last checkpoint")
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            artifacts.save_json(out / STATUS_FILE, {**status, "state": "failed", "message": message})
+        except OSError:
+            pass  # the disk may be the problem; mesh.npz is absent either way
+        if isinstance(exc, RunFailed):
+            raise exc from None
+        raise
+    finally:
+        log.close()

@@ -1,0 +1,125 @@
+"""Pixel-space (IF-like) guidance on a tiny model built from configs: loading, the exact
+gradient, learned-variance output, CLIP and T5 text encoders, and a short optimisation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, T5EncoderModel
+
+from blender_sds.engine.guidance import build_guidance
+from blender_sds.engine.guidance.predictors.model_source import ModelSourceError
+from blender_sds.engine.guidance.predictors.pixel import PixelGuidance
+from blender_sds.engine.scene.views import ViewBatch
+from blender_sds.job import validate_job
+from blender_sds.engine.bench.tiny_models import make_tiny_pixel, make_tiny_sd, make_tiny_sd_single_file
+
+CPU = torch.device("cpu")
+PROMPT = "a red cube"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core box spinning OpenMP threads make tiny models 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pixel_folder(tmp_path_factory) -> Path:
+    return make_tiny_pixel(tmp_path_factory.mktemp("tiny-pixel"))
+
+
+def pixel_job(model, **guidance) -> dict:
+    return validate_job({"version": 1, "prompt": PROMPT, "seed": 7,
+                         "guidance": {"kind": "pixel", "model": str(model), **guidance}})
+
+
+def make_views(azimuth) -> ViewBatch:
+    b = len(azimuth)
+    ones = torch.ones(b)
+    return ViewBatch(c2w=torch.eye(4).expand(b, 4, 4), fx=ones * 40, fy=ones * 40, cx=ones * 16, cy=ones * 16,
+                     width=32, height=32, azimuth=torch.tensor(azimuth), elevation=torch.zeros(b))
+
+
+def test_loads_the_folder_and_keeps_the_noise_half_of_a_learned_variance_unet(pixel_folder):
+    g = build_guidance(pixel_job(pixel_folder), CPU)
+    assert isinstance(g, PixelGuidance)
+    assert g.unet.config.out_channels == 6 and g.image_size == (32, 32)
+    assert not any(p.requires_grad for p in g.unet.parameters())
+    assert g.embeddings.views.shape == (4, 77, 32)
+    z_t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 800])
+    eps_cond, eps_uncond = g.predict_noise(z_t, t, make_views([0.0, 180.0]))
+    assert eps_cond.shape == eps_uncond.shape == (2, 3, 32, 32)
+    with torch.no_grad():
+        raw = g.unet(z_t, t, encoder_hidden_states=g.embeddings.uncond.expand(2, -1, -1)).sample
+    torch.testing.assert_close(eps_uncond, raw[:, :3], rtol=1e-4, atol=1e-5)
+
+
+def test_backward_puts_the_closed_form_gradient_on_the_images(pixel_folder):
+    g = build_guidance(pixel_job(pixel_folder, view_dependent=False, weighting="fantasia3d"), CPU)
+    rng = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 32, 32, generator=rng)
+    noise = torch.randn(2, 3, 32, 32, generator=rng)
+    t = torch.tensor([250, 750])
+    rendered = images.clone().requires_grad_(True)
+    g(rendered, make_views([0.0, 90.0]), 0, 10, noise=noise, t=t).loss.backward()
+
+    x = images.clone().requires_grad_(True)
+    z = x * 2 - 1
+    a = g.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    z_t = a.sqrt() * z.detach() + (1 - a).sqrt() * noise
+    with torch.no_grad():
+        eps_c = g.unet(z_t, t, encoder_hidden_states=g.embeddings.prompt.expand(2, -1, -1)).sample[:, :3]
+        eps_u = g.unet(z_t, t, encoder_hidden_states=g.embeddings.uncond.expand(2, -1, -1)).sample[:, :3]
+        grad_z = a.sqrt() * (1 - a) * (eps_u + g.scale * (eps_c - eps_u) - noise)
+    expected, = torch.autograd.grad(z, x, grad_outputs=grad_z / 2)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(rendered.grad, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_five_adam_steps_on_a_free_image_run_with_finite_gradients(pixel_folder):
+    g = build_guidance(pixel_job(pixel_folder, t_schedule="anneal", grad_clip=1.0), CPU)
+    logits = torch.zeros(2, 3, 32, 32, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=0.05)
+    views = make_views([0.0, 120.0])
+    for step in range(5):
+        optimiser.zero_grad()
+        out = g(torch.sigmoid(logits), views, step, 5)
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and torch.isfinite(logits.grad).all() and logits.grad.abs().max() > 0
+        assert all(torch.isfinite(v) for v in out.figures.values())
+        optimiser.step()
+    assert logits.abs().max() > 0.1  # five steps of lr 0.05 moved the image
+
+
+def test_a_t5_text_encoder_is_loaded_and_given_the_attention_mask(tmp_path):
+    folder = make_tiny_pixel(tmp_path / "t5-pixel", text_encoder="t5")
+    g = PixelGuidance(pixel_job(folder, view_dependent=False), CPU)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    encoder = T5EncoderModel.from_pretrained(folder / "text_encoder").eval()
+    tokens = tokenizer([PROMPT], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        masked = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+        unmasked = encoder(tokens.input_ids)[0]
+    assert not torch.allclose(masked, unmasked)
+    torch.testing.assert_close(g.embeddings.prompt, masked)
+
+
+def test_latent_models_and_single_files_are_refused(tmp_path):
+    sd_folder = make_tiny_sd(tmp_path / "sd")
+    job = pixel_job(sd_folder)
+    with pytest.raises(ModelSourceError,
+                       match=r"^guidance\.model: the UNet .* maps 4 to 4 channels; .*stable-diffusion"):
+        PixelGuidance(job, CPU)
+    job["guidance"]["model"] = str(make_tiny_sd_single_file(tmp_path / "sd.safetensors", sd_folder))
+    with pytest.raises(ModelSourceError, match=r"^guidance\.model: .*sd\.safetensors.* single-file"):
+        PixelGuidance(job, CPU)
+    (tmp_path / "empty").mkdir()
+    job["guidance"]["model"] = str(tmp_path / "empty")
+    with pytest.raises(ModelSourceError, match=r"empty.* not a pixel-space diffusers model: missing unet/config\.json"):
+        PixelGuidance(job, CPU)

@@ -1,0 +1,245 @@
+"""The pocket teacher against its definition: the posterior mean of a finite data set."""
+import pytest
+import torch
+
+from blender_sds.engine.guidance import build_guidance
+from blender_sds.engine.guidance.predictors.prompts import direction_index
+from blender_sds.engine.pocket import dataset, world
+from blender_sds.engine.pocket.cameras import fixed_orbits
+from blender_sds.engine.guidance.teachers.pocket import (FRAMING_MINIMUM, FRAMING_WIDTH, PocketGuidance, epsilon,
+                                               posterior_mean, scaled_linear_alphas_cumprod)
+from blender_sds.engine.scene.views import ViewBatch
+from blender_sds.job import validate_job
+
+SIZE = 12
+
+
+def tiny_job(**extra):
+    """A pocket job at SIZE px; its teacher is the camera-blind one unless `guidance` says pose_matched."""
+    raw = {"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket", "pose_matched": False},
+           "render": {"resolution": SIZE}}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return validate_job(raw)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return PocketGuidance(tiny_job(), "cpu", cond_views=24, world_views=2)
+
+
+def views_for(azimuth, elevation, background=None, distance=1.75, fovy=55.0, bounds_size=2.0):
+    """Engine-style cameras (world units, default bounds) at the given angles, distances and fields of view."""
+    orbit = fixed_orbits(azimuth, elevation, 1.0, 50.0)
+    b = len(orbit)
+    orbit.eye *= torch.as_tensor(distance, dtype=torch.float64).expand(b)[:, None]
+    orbit.fovy = torch.as_tensor(fovy, dtype=torch.float64).expand(b).clone()
+    c2w = orbit.c2w().float()
+    c2w[:, :3, 3] *= bounds_size
+    f = orbit.focal(SIZE).float()
+    half = torch.full((b,), SIZE / 2)
+    return ViewBatch(c2w=c2w, fx=f, fy=f.clone(), cx=half, cy=half.clone(), width=SIZE, height=SIZE,
+                     azimuth=orbit.azimuth.float(), elevation=orbit.elevation.float(), background=background)
+
+
+def composites(data: dataset.ViewSet, background: torch.Tensor) -> torch.Tensor:
+    """Every data image over one background, in [-1,1], float64: the x_i of the definition."""
+    n = len(data)
+    rgba = torch.cat((data.colour.view(n, 3, SIZE, SIZE), data.alpha.view(n, 1, SIZE, SIZE)), 1).double()
+    return 2 * world.composite(rgba, background.double()) - 1
+
+
+def brute_force_eps(z_t, alpha_bar, data, background, keep=None):
+    """eps_hat by the book, one image at a time in float64."""
+    x = composites(data, background)
+    keep = range(len(data)) if keep is None else [i for i in range(len(data)) if keep[i]]
+    prior = data.log_prior.double().exp()
+    likelihood = torch.stack([torch.exp(-((z_t - alpha_bar.sqrt() * x[i]) ** 2).sum() / (2 * (1 - alpha_bar)))
+                              for i in keep])
+    weights = prior[list(keep)] * likelihood / (prior[list(keep)] * likelihood).sum()
+    x0 = sum(w * x[i] for w, i in zip(weights, keep))
+    return (z_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
+def test_schedule_is_diffusers_scaled_linear():
+    from diffusers import DDPMScheduler
+    reference = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              num_train_timesteps=1000).alphas_cumprod
+    assert torch.allclose(scaled_linear_alphas_cumprod(), reference, rtol=1e-6, atol=1e-7)
+
+
+def test_noise_prediction_equals_the_brute_force_posterior_mean(teacher):
+    g = torch.Generator().manual_seed(0)
+    background = torch.tensor([[0.2, 0.6, 0.9], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    views = views_for([10.0, 170.0, -90.0], [20.0, 5.0, 30.0], background)
+    t = torch.tensor([40, 400, 900])
+    a = teacher.alphas_cumprod[t].double()
+    clean = composites(teacher.cond, background[0])[5]  # near the data, so the softmax is not flat
+    z = torch.randn(3, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    z[0] = a[0].sqrt() * clean + (1 - a[0]).sqrt() * z[0]
+    eps_cond, eps_uncond = teacher.predict_noise(z, t, views)
+    mask = teacher.cond_mask(views)
+    for b in range(3):
+        want_c = brute_force_eps(z[b], a[b], teacher.cond, background[b], mask[b])
+        want_u = brute_force_eps(z[b], a[b], teacher.uncond, background[b], teacher.uncond_mask(views)[b])
+        assert torch.allclose(eps_cond[b], want_c, atol=1e-6), b
+        assert torch.allclose(eps_uncond[b], want_u, atol=1e-6), b
+
+
+def test_float32_runs_agree_with_float64(teacher):
+    g = torch.Generator().manual_seed(1)
+    views = views_for([30.0, -120.0], [10.0, 40.0], torch.rand(2, 3, generator=g))
+    z = torch.randn(2, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    t = torch.tensor([300, 700])
+    c64, u64 = teacher.predict_noise(z, t, views)
+    c32, u32 = teacher.predict_noise(z.float(), t, views)
+    assert c32.dtype == torch.float32
+    assert torch.allclose(c32.double(), c64, atol=1e-3) and torch.allclose(u32.double(), u64, atol=1e-3)
+
+
+def test_at_tiny_t_it_returns_the_nearest_data_image(teacher):
+    background = torch.tensor([0.3, 0.3, 0.8])
+    x = composites(teacher.cond, background)
+    g = torch.Generator().manual_seed(2)
+    a = scaled_linear_alphas_cumprod()[1].double()
+    for j in (0, 17, len(x) - 1):
+        noisy = a.sqrt() * x[j] + (1 - a).sqrt() * torch.randn(x[j].shape, generator=g, dtype=torch.float64)
+        x0 = posterior_mean(noisy[None], a[None], teacher.cond, background[None].double())[0]
+        nearest = int(((x - noisy[None] / a.sqrt()) ** 2).flatten(1).sum(1).argmin())
+        assert torch.allclose(x0, x[nearest], atol=1e-6)
+        eps = epsilon(noisy[None], x0[None], a[None])[0]
+        assert torch.allclose(noisy, a.sqrt() * x[nearest] + (1 - a).sqrt() * eps, atol=1e-9)
+
+
+def test_at_large_t_it_tends_to_the_data_mean(teacher):
+    background = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    x = composites(teacher.uncond, background[0])
+    prior = teacher.uncond.log_prior.double().exp()
+    mean = (prior[:, None, None, None] * x).sum(0) / prior.sum()
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    gaps = []
+    for a in (1e-2, 1e-4, 1e-8):
+        x0 = posterior_mean(z, torch.tensor([a], dtype=torch.float64), teacher.uncond, background)[0]
+        gaps.append(float((x0 - mean).abs().max()))
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-3
+
+
+def test_unconditional_data_are_the_whole_world_with_the_prompts_own_views(teacher):
+    uncond, cond = teacher.uncond, teacher.cond
+    own = world.PROMPTS.index("a red cube")
+    assert set(uncond.obj.tolist()) == set(range(len(world.PROMPTS)))
+    assert torch.equal(uncond.colour[uncond.obj == own], cond.colour)  # the very same renders
+    assert (uncond.obj != own).sum() == 2 * (len(world.PROMPTS) - 1)
+    mass = torch.zeros(len(world.PROMPTS)).index_add(0, uncond.obj, uncond.log_prior.exp())
+    assert torch.allclose(mass, torch.ones(len(world.PROMPTS)))  # every object weighs the same
+    # Where a render is one of the prompt's own views, both denoisers agree: CFG adds nothing.
+    background = torch.ones(1, 3, dtype=torch.float64)
+    views = views_for([float(cond.azimuth[3])], [float(cond.elevation[3])], background)
+    a = teacher.alphas_cumprod[torch.tensor([30])].double()
+    z = a.sqrt() * composites(cond, background[0])[3:4]
+    eps_c, eps_u = teacher.predict_noise(z, torch.tensor([30]), views)
+    assert torch.allclose(eps_c, eps_u, atol=1e-6)
+
+
+def test_view_dependent_data_follow_the_judged_cameras_direction(teacher):
+    views = views_for([0.0, 180.0, 90.0, 0.0], [10.0, 10.0, 10.0, 80.0])
+    mask = teacher.direction_mask(views)
+    data_direction = teacher.cond.direction
+    assert torch.equal(data_direction, direction_index(teacher.cond.azimuth, teacher.cond.elevation))
+    for b, bucket in enumerate((1, 2, 0)):  # front, back, side
+        assert mask[b].any() and torch.equal(mask[b], data_direction == bucket)
+    assert mask[3].all()  # no overhead data in the default elevation range: every view may answer
+    assert not (teacher.cond_mask(views) & ~mask).any()  # framing only narrows it further
+    flat = PocketGuidance(tiny_job(guidance={"view_dependent": False}), "cpu", cond_views=24, world_views=2)
+    assert flat.direction_mask(views).all()
+
+
+def test_data_answer_only_images_framed_like_theirs(teacher):
+    # The teacher is told how big the bounds look (a camera condition shared by both
+    # branches), so an object's apparent size says something about its real size.
+    views = views_for([30.0, 30.0], [10.0, 10.0], distance=[1.9, 1.5], fovy=[68.0, 42.0])
+    judged = teacher.judged_framing(views)
+    expected = torch.log(0.5 / torch.tan(torch.deg2rad(torch.tensor([34.0, 21.0]))) / torch.tensor([1.9, 1.5]))
+    assert torch.allclose(judged, expected, atol=1e-5)
+    for mask, data, minimum, allowed in ((teacher.cond_mask(views), teacher.cond, FRAMING_MINIMUM[0],
+                                          teacher.direction_mask(views)),
+                                         (teacher.uncond_mask(views), teacher.uncond, FRAMING_MINIMUM[1],
+                                          torch.ones(2, len(teacher.uncond), dtype=torch.bool))):
+        for b in range(2):
+            gap = (data.framing - judged[b]).abs()
+            kept, dropped = gap[mask[b]], gap[allowed[b] & ~mask[b]]
+            assert len(kept) >= min(minimum, int(allowed[b].sum()))
+            assert kept.max() <= FRAMING_WIDTH or len(kept) == min(minimum, int(allowed[b].sum()))  # or the nearest few
+            assert len(dropped) == 0 or dropped.min() >= kept.max()
+    assert not torch.equal(teacher.uncond_mask(views)[0], teacher.uncond_mask(views)[1])
+
+
+def test_conditional_pulls_towards_the_prompt_unconditional_towards_the_world(teacher):
+    # From pure noise at mid t, the red cube's data make a redder estimate than the whole world's.
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([600])
+    views = views_for([0.0], [10.0], torch.ones(1, 3))
+    eps_c, eps_u = teacher.predict_noise(z, t, views)
+    a = teacher.alphas_cumprod[t]
+    x0_c = (z - (1 - a).sqrt() * eps_c) / a.sqrt()
+    x0_u = (z - (1 - a).sqrt() * eps_u) / a.sqrt()
+    redness = lambda x0: float((x0[:, 0] - x0[:, 1]).mean())  # noqa: E731
+    assert redness(x0_c) > redness(x0_u) + 0.01
+
+
+def test_background_defaults_to_white(teacher):
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([500])
+    none = teacher.predict_noise(z, t, views_for([0.0], [0.0]))
+    white = teacher.predict_noise(z, t, views_for([0.0], [0.0], torch.ones(1, 3)))
+    assert torch.equal(none[0], white[0]) and torch.equal(none[1], white[1])
+
+
+def test_encode_resizes_to_the_teachers_resolution_and_maps_to_minus_one_one(teacher):
+    images = torch.rand(2, 3, 2 * SIZE, 2 * SIZE, requires_grad=True)
+    z = teacher.encode(images)
+    assert z.shape == (2, 3, SIZE, SIZE) and z.min() >= -1 and z.max() <= 1
+    z.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    same = torch.rand(1, 3, SIZE, SIZE)
+    assert torch.equal(teacher.encode(same), same * 2 - 1)
+    assert teacher.needs_solid_background
+
+
+def test_negative_prompt_replaces_the_unconditional_data():
+    job = tiny_job(negative_prompt="a blue sphere")
+    g = PocketGuidance(job, "cpu", cond_views=24, world_views=2)
+    assert len(g.uncond) == 24
+    expected = dataset.object_views("a blue sphere", SIZE, 24, 1)
+    assert torch.equal(g.uncond.colour, expected.colour)
+    blue = g.uncond.colour.view(24, 3, -1).sum(-1)
+    assert (blue[:, 2] > blue[:, 0]).all()
+    with pytest.raises(ValueError, match=r"^negative_prompt: 'blurry' is not in the pocket world"):
+        PocketGuidance(tiny_job(negative_prompt="blurry"), "cpu", cond_views=24, world_views=2)
+
+
+def test_prompt_outside_the_world_is_refused_with_the_vocabulary():
+    with pytest.raises(ValueError, match=r"prompt: 'a ceramic teapot' is not in the pocket world.*cube"):
+        PocketGuidance(tiny_job(prompt="a ceramic teapot"), "cpu", cond_views=4, world_views=1)
+
+
+def test_data_are_deterministic_and_cached():
+    a = dataset.render_views("a green torus", SIZE, 8, seed=7)
+    b = dataset.render_views("a green torus", SIZE, 8, seed=7)
+    c = dataset.render_views("a green torus", SIZE, 8, seed=8)
+    assert torch.equal(a.colour, b.colour) and torch.equal(a.azimuth, b.azimuth)
+    assert not torch.equal(a.azimuth, c.azimuth)
+    assert dataset.object_views("a green torus", SIZE, 8, 7) is dataset.object_views("a green torus", SIZE, 8, 7)
+
+
+def test_full_sds_call_through_the_factory():
+    job = tiny_job(guidance={"scale": 10})
+    guidance = build_guidance(job, torch.device("cpu"))
+    assert isinstance(guidance, PocketGuidance) and guidance.scale == 10
+    images = torch.rand(2, 3, SIZE, SIZE, requires_grad=True)
+    out = guidance(images, views_for([0.0, 90.0], [10.0, 10.0], torch.rand(2, 3)), step=3, total_steps=100)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and images.grad.abs().sum() > 0
