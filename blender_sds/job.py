@@ -8,17 +8,16 @@ with the dotted key path, says what was wanted and shows what was found.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
 import os
 import re
 
-from .pocket_words import parse_prompt as parse_pocket_prompt
+from . import kinds
 
 SCHEMA_VERSION = 1
-KINDS = ("stable-diffusion", "pixel", "reference", "pocket")
-TEXT_KINDS = ("stable-diffusion", "pixel", "pocket")
 PRESETS: dict[str, dict] = {
     "draft": {"steps": 1500, "render": {"resolution": 64, "batch": 1, "samples": 96}, "mesh_resolution": 128,
               "field": "draft"},
@@ -27,42 +26,24 @@ PRESETS: dict[str, dict] = {
     "high": {"steps": 10000, "render": {"resolution": 128, "batch": 2, "samples": 192}, "mesh_resolution": 256,
              "field": "high"},
 }
-# The pocket teacher is a pixel-space model of small images, there to run offline on a CPU:
-# its presets are sized so "standard" makes an asset in under 2 minutes on a 2-core CPU
-# (docs/QUALITY.md has what that reaches).
-POCKET_PRESETS: dict[str, dict] = {
-    "draft": {"steps": 400, "render": {"resolution": 32, "batch": 1, "samples": 48}, "mesh_resolution": 64,
-              "field": "pocket"},
-    "standard": {"steps": 900, "render": {"resolution": 32, "batch": 1, "samples": 48}, "mesh_resolution": 96,
-                 "field": "pocket"},
-    "high": {"steps": 3000, "render": {"resolution": 64, "batch": 1, "samples": 96}, "mesh_resolution": 128,
-             "field": "draft"},
-}
-DEFAULT_SCALE = {"stable-diffusion": 100.0, "pixel": 20.0, "reference": 1.0, "pocket": 20.0}
-# Binary-entropy opacity weight: the pocket teacher's soft fields otherwise mesh too small (docs/QUALITY.md).
-DEFAULT_OPAQUE = {"pocket": 1000.0}
-# Std of the orbit cameras' look-at point, bounds sizes (threestudio's centre perturbation). The
-# pocket world's objects are centred by definition, and its memorising teacher answers an
-# off-centre render with a centred image, which shrinks the result (docs/QUALITY.md).
-DEFAULT_TARGET_JITTER = {"pocket": 0.0}
-
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 CAMERA_TYPES = ("PERSP", "ORTHO", "PANO")
 _UNSUPPORTED_CAMERAS = {"ORTHO": "orthographic", "PANO": "panoramic"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")  # org/name
 _ROTATION_TOLERANCE = 1e-4
 _MISSING = object()
 
 _TOP_KEYS = ("version", "prompt", "negative_prompt", "seed", "preset", "steps", "bounds", "guidance",
              "cameras", "render", "optim", "init", "mesh", "output")
-_GUIDANCE_KEYS = ("kind", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
+_GUIDANCE_KEYS = ("kind", "rule", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
                   "view_dependent", "dtype", "low_vram", "cuda_graphs", "views", "pose_matched")
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
 
 
 def preset_table(kind: str) -> dict[str, dict]:
-    """The presets of a guidance kind: the pocket teacher has its own, sized for a CPU."""
-    return POCKET_PRESETS if kind == "pocket" else PRESETS
+    """The presets of a guidance kind: its own where the registry gives one (the pocket world's, sized
+    for a CPU), else the shared ones."""
+    return kinds.kind(kind).presets or PRESETS
 
 
 class JobError(ValueError):
@@ -305,7 +286,7 @@ def _model_source(value, key: str, base_dir, *, single_file: bool) -> tuple[str,
         return path, True
     if os.path.isdir(path):
         return path, False
-    if _HUB_ID.match(text):
+    if HUB_ID.match(text):
         return text, False
     files = f", nor a {'/'.join(SINGLE_FILE_SUFFIXES)} file" if single_file else ""
     raise JobError(key, f"{text!r} is neither a hub id (org/name) nor an existing diffusers folder "
@@ -346,18 +327,19 @@ def _views(value, key: str, base_dir) -> list[dict]:
 def _guidance(raw, base_dir) -> dict:
     g = _object(raw, "guidance", _GUIDANCE_KEYS)
     if "kind" not in g:
-        raise JobError("guidance.kind", f"missing; kinds: {', '.join(KINDS)}")
-    kind = _choice(g["kind"], "guidance.kind", KINDS, "kind")
+        raise JobError("guidance.kind", f"missing; kinds: {', '.join(kinds.kind_names())}")
+    kind = _choice(g["kind"], "guidance.kind", kinds.kind_names(), "kind")
+    spec = kinds.kind(kind)
 
     model, single_file = g.get("model"), False
-    if kind == "reference" and model is not None:
-        raise JobError("guidance.model", f"not used by guidance kind 'reference' (its views are the data), "
-                                         f"got {_describe(model)}")
-    if model is None and kind in ("stable-diffusion", "pixel"):
+    if spec.model == "none" and model is not None:
+        why = " (its views are the data)" if spec.views else ""
+        raise JobError("guidance.model", f"not used by guidance kind {kind!r}{why}, got {_describe(model)}")
+    if model is None and spec.model == "required":
         raise JobError("guidance.model", f"required for guidance kind {kind!r}: a hub id (org/name), "
                                          "a diffusers folder or a single-file checkpoint; missing")
     if model is not None:
-        model, single_file = _model_source(model, "guidance.model", base_dir, single_file=kind != "pixel")
+        model, single_file = _model_source(model, "guidance.model", base_dir, single_file=spec.single_file)
     config = g.get("config")
     if config is not None:
         if not single_file:
@@ -371,54 +353,56 @@ def _guidance(raw, base_dir) -> dict:
         raise JobError("guidance.t_range", f"must be [lo, hi] with 0 < lo < hi < 1, got {_describe(g['t_range'])}")
 
     views = g.get("views")
-    if kind == "reference":
+    if spec.views:
         if not views:
-            raise JobError("guidance.views", "required for guidance kind 'reference': a non-empty list of "
+            raise JobError("guidance.views", f"required for guidance kind {kind!r}: a non-empty list of "
                                              f"{{\"image\": path, \"camera\": camera record}}, got {_describe(views)}")
         views = _views(views, "guidance.views", base_dir)
     else:
         if views is not None and views != []:
-            raise JobError("guidance.views", f"only for guidance kind 'reference', not {kind!r}; "
+            takers = ", ".join(repr(n) for n in kinds.kind_names() if kinds.kind(n).views)
+            raise JobError("guidance.views", f"only for guidance kind {takers}, not {kind!r}; "
                                              f"got {_describe(views)}")
         views = []
 
     return {
         "kind": kind,
+        "rule": _choice(g.get("rule", kinds.DEFAULT_RULE), "guidance.rule", kinds.rule_names(), "rule"),
         "model": model,
         "config": config,
-        "scale": _number(g.get("scale", DEFAULT_SCALE[kind]), "guidance.scale", gt=0),
+        "scale": _number(g.get("scale", spec.scale), "guidance.scale", gt=0),
         "t_range": [lo, hi],
         "t_schedule": _choice(g.get("t_schedule", "random"), "guidance.t_schedule", ("random", "anneal"),
                               "t_schedule"),
         "weighting": _choice(g.get("weighting", "sds"), "guidance.weighting", ("sds", "uniform", "fantasia3d"),
                              "weighting"),
         "grad_clip": _grad_clip(g.get("grad_clip"), "guidance.grad_clip"),
-        "view_dependent": _bool(g.get("view_dependent", kind in TEXT_KINDS), "guidance.view_dependent"),
+        "view_dependent": _bool(g.get("view_dependent", spec.text), "guidance.view_dependent"),
         "dtype": _choice(g.get("dtype", "auto"), "guidance.dtype", ("auto", "float16", "float32"), "dtype"),
         "low_vram": _bool(g.get("low_vram", False), "guidance.low_vram"),
         # Replay the judge from CUDA graphs (on CUDA without low_vram; elsewhere it changes nothing).
         "cuda_graphs": _bool(g.get("cuda_graphs", True), "guidance.cuda_graphs"),
         "views": views,
-        "pose_matched": _pose_matched(g.get("pose_matched", kind == "pocket"), kind),
+        "pose_matched": _pose_matched(g.get("pose_matched", bool(spec.pose_matched)), spec),
     }
 
 
-def _pose_matched(value, kind: str) -> bool:
-    """Only the pocket teacher can render its data at the judged camera, and does by default:
-    camera-blind, its memorised data cannot break a blob's symmetry (docs/QUALITY.md)."""
+def _pose_matched(value, spec: kinds.KindSpec) -> bool:
+    """Only a kind that can render its data at the judged camera offers it (the registry says so)."""
     matched = _bool(value, "guidance.pose_matched")
-    if matched and kind != "pocket":
-        raise JobError("guidance.pose_matched", f"only for guidance kind 'pocket', not {kind!r}; got true")
+    if matched and spec.pose_matched is None:
+        takers = ", ".join(repr(n) for n in kinds.kind_names() if kinds.kind(n).pose_matched is not None)
+        raise JobError("guidance.pose_matched", f"only for guidance kind {takers}, not {spec.name!r}; got true")
     return matched
 
 
-def _cameras(raw, kind: str) -> dict:
+def _cameras(raw, spec: kinds.KindSpec) -> dict:
     c = _object(raw, "cameras", ("mode", "rig", "elevation", "azimuth", "distance", "fovy", "jitter",
                                  "rig_fraction"))
     mode = _choice(c.get("mode", "orbit"), "cameras.mode", ("orbit", "rig", "mixed"), "mode")
     rig_raw = _list(c.get("rig", []), "cameras.rig", "a list of camera records")
     rig = [validate_camera(cam, f"cameras.rig[{i}]") for i, cam in enumerate(rig_raw)]
-    if mode in ("rig", "mixed") and not rig and kind != "reference":
+    if mode in ("rig", "mixed") and not rig and not spec.own_cameras:
         raise JobError("cameras.rig", f"must list at least one camera when cameras.mode is {mode!r}, got []")
     jitter = _object(c.get("jitter", {}), "cameras.jitter", ("position", "rotation", "target"))
     return {
@@ -430,7 +414,7 @@ def _cameras(raw, kind: str) -> dict:
         "fovy": _range(c.get("fovy", [40.0, 70.0]), "cameras.fovy", lo=1, hi=170),
         "jitter": {"position": _number(jitter.get("position", 0.02), "cameras.jitter.position", ge=0),
                    "rotation": _number(jitter.get("rotation", 1.0), "cameras.jitter.rotation", ge=0),
-                   "target": _number(jitter.get("target", DEFAULT_TARGET_JITTER.get(kind, 0.05)),
+                   "target": _number(jitter.get("target", spec.target_jitter),
                                      "cameras.jitter.target", ge=0)},
         "rig_fraction": _number(c.get("rig_fraction", 0.5), "cameras.rig_fraction", ge=0, le=1),
     }
@@ -444,16 +428,16 @@ def _render(raw, preset: dict) -> dict:
             "samples": _int(r.get("samples", d["samples"]), "render.samples", 8, 2048)}
 
 
-def _optim(raw, kind: str, steps: int) -> dict:
+def _optim(raw, spec: kinds.KindSpec, steps: int) -> dict:
     o = _object(raw, "optim", ("lr", "orientation", "sparsity", "opaque", "albedo_steps"))
-    text = kind != "reference"
+    text = spec.regularise
     albedo = _int(o.get("albedo_steps", int(0.2 * steps)), "optim.albedo_steps", 0)
     if albedo > steps:
         raise JobError("optim.albedo_steps", f"must be at most steps ({steps}), got {albedo}")
     return {"lr": _number(o.get("lr", 0.01), "optim.lr", gt=0),
             "orientation": _number(o.get("orientation", 10.0 if text else 0.0), "optim.orientation", ge=0),
             "sparsity": _number(o.get("sparsity", 1.0 if text else 0.0), "optim.sparsity", ge=0),
-            "opaque": _number(o.get("opaque", DEFAULT_OPAQUE.get(kind, 0.0)), "optim.opaque", ge=0),
+            "opaque": _number(o.get("opaque", spec.opaque), "optim.opaque", ge=0),
             "albedo_steps": albedo}
 
 
@@ -510,18 +494,18 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
                                    f"\"model\": \"org/name\"}}")
     guidance = _guidance(raw["guidance"], base_dir)
     kind = guidance["kind"]
+    spec = kinds.kind(kind)
 
     prompt = _str(raw.get("prompt", ""), "prompt")
-    if kind in TEXT_KINDS and not prompt.strip():
+    if spec.text and not prompt.strip():
         raise JobError("prompt", f"must not be empty for guidance kind {kind!r}, got {prompt!r}")
     negative = _str(raw.get("negative_prompt", ""), "negative_prompt")
-    if kind == "pocket":  # the offline world draws only its own words: say so before any worker starts
+    if spec.check_prompt is not None:  # a kind that draws only its own words: say so before any worker starts
         for key, text in (("prompt", prompt), ("negative_prompt", negative)):
             if key == "prompt" or text.strip():
-                try:
-                    parse_pocket_prompt(text)
-                except ValueError as error:
-                    raise JobError(key, str(error).split(": ", 1)[1]) from None
+                problem = spec.check_prompt(text)
+                if problem is not None:
+                    raise JobError(key, problem)
     preset_name = _choice(raw.get("preset", "standard"), "preset", tuple(PRESETS), "preset")
     preset = preset_table(kind)[preset_name]
     steps = _int(raw.get("steps", preset["steps"]), "steps", 1, 100000)
@@ -535,9 +519,9 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
         "steps": steps,
         "bounds": _bounds(raw.get("bounds", {})),
         "guidance": guidance,
-        "cameras": _cameras(raw.get("cameras", {}), kind),
+        "cameras": _cameras(raw.get("cameras", {}), spec),
         "render": _render(raw.get("render", {}), preset),
-        "optim": _optim(raw.get("optim", {}), kind, steps),
+        "optim": _optim(raw.get("optim", {}), spec, steps),
         "init": _init(raw.get("init", {}), base_dir),
         "mesh": _mesh(raw.get("mesh", {}), preset),
         "output": _output(raw.get("output", {})),
@@ -568,3 +552,15 @@ def load_job(path) -> dict:
 def dumps(job: dict) -> str:
     """Canonical JSON of a normalised job: sorted keys, indent 2, strict JSON (no NaN)."""
     return json.dumps(job, sort_keys=True, indent=2, allow_nan=False)
+
+
+def merge_overrides(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, as a new job (neither changes): objects merged key by key, anything
+    else replaced. How the add-on's Job Overrides and `bench quality --override` edit a job."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_overrides(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

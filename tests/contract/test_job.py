@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from blender_sds.job import (DEFAULT_SCALE, KINDS, POCKET_PRESETS, PRESETS, SCHEMA_VERSION, JobError, dumps, load_job,
-                             preset_table, validate_camera, validate_job)
+from blender_sds import kinds
+from blender_sds.job import PRESETS, SCHEMA_VERSION, JobError, dumps, load_job, preset_table, validate_camera, validate_job
+from blender_sds.kinds.pocket import PRESETS as POCKET_PRESETS
+
+KINDS = kinds.kind_names()
+DEFAULT_SCALE = {name: kinds.kind(name).scale for name in KINDS}
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "JOB.md"
 
@@ -18,7 +22,7 @@ RIG_C2W = [[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 1], [0, 0, 0, 1]]
 
 
 def design_example() -> dict:
-    """DESIGN.md's "The job file, by example", verbatim."""
+    """docs/ARCHITECTURE.md's "The example job", verbatim."""
     return {
         "version": 1,
         "prompt": "a ceramic teapot",

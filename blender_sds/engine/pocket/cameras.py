@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...job import DEFAULT_TARGET_JITTER
+from ...kinds.pocket import TARGET_JITTER  # noqa: F401  (a pocket job's orbit cameras draw it)
 
 # The engine's default orbit ranges (docs/JOB.md `cameras`).
 ELEVATION = (-10.0, 45.0)
@@ -20,10 +20,6 @@ AZIMUTH = (-180.0, 180.0)
 DISTANCE = (1.5, 2.0)
 FOVY = (40.0, 70.0)
 
-
-# std of the look-at point around the centre, units of bounds size: as a pocket job's orbit
-# cameras draw it (none: the world's objects are centred; see job.DEFAULT_TARGET_JITTER).
-TARGET_JITTER = DEFAULT_TARGET_JITTER["pocket"]
 EYE_JITTER = 0.02  # half-width of the uniform jitter of the camera position
 UP_JITTER = 0.02  # std of the jitter of the up vector (a slight roll)
 

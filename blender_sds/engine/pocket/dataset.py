@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from ..guidance.predictors.prompts import direction_index
+from ..scene.directions import direction_index
 from . import world
 from .cameras import Orbit, random_orbits
 
@@ -32,7 +32,7 @@ class ViewSet:
     alpha: torch.Tensor  # (N, D)
     azimuth: torch.Tensor  # (N,) degrees
     elevation: torch.Tensor  # (N,) degrees
-    direction: torch.Tensor  # (N,) long, index into guidance.prompts.DIRECTIONS
+    direction: torch.Tensor  # (N,) long, index into scene.directions.DIRECTIONS
     framing: torch.Tensor  # (N,) log apparent size of the bounds (cameras.Orbit.framing)
     size: int
     colour_sq: torch.Tensor  # (N,) |P_i|^2

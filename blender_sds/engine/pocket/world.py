@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...pocket_words import COLOUR_NAMES, SHAPE_NAMES, parse_prompt, prompt_for  # noqa: F401 (re-exported)
+from ...pocket_words import COLOUR_NAMES, SHAPE_NAMES, PocketPromptError, parse_prompt, prompt_for  # noqa: F401 (re-exported)
 from ..scene.colour import srgb_to_linear
 from .cameras import Orbit, pixel_rays
 from .shapes import EXTENT, SHAPES, Shape

@@ -2,7 +2,7 @@
 
 Everything is in Blender's world frame (Z up). A camera looks down its -Z axis with +Y
 up (OpenGL/NeRF), and intrinsics are pixels with the origin at the top-left corner and y
-down, exactly as DESIGN.md defines them, so rig cameras from the add-on need no
+down, exactly as docs/ARCHITECTURE.md "Conventions" defines them, so rig cameras from the add-on need no
 conversion. Azimuth 0 is Blender's Front view (looking from -Y towards +Y).
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..settings import CameraSettings
 from .views import ViewBatch
 
 WORLD_UP = (0.0, 0.0, 1.0)
@@ -96,19 +97,18 @@ def small_rotation(batch: int, degrees: float, generator: torch.Generator, devic
 class CameraSampler:
     """Draws the cameras of each optimisation step from the job's `cameras` section."""
 
-    def __init__(self, job: dict, device: torch.device, generator: torch.Generator,
+    def __init__(self, cfg: CameraSettings, device: torch.device, generator: torch.Generator,
                  rig: list[dict] | None = None, jitter: bool = True):
-        self.job = job
-        self.cfg = job["cameras"]
+        self.cfg = cfg
         self.device = device
         self.generator = generator
-        self.center = torch.tensor(job["bounds"]["center"], dtype=torch.float32, device=device)
+        self.center = torch.tensor(cfg.bounds.center, dtype=torch.float32, device=device)
         self.world_up = torch.tensor(WORLD_UP, device=device)  # made once: no host copy per step
-        self.size = float(job["bounds"]["size"])
-        self.resolution = int(job["render"]["resolution"])
-        self.rig = list(self.cfg["rig"] if rig is None else rig)
+        self.size = float(cfg.bounds.size)
+        self.resolution = int(cfg.resolution)
+        self.rig = list(cfg.rig if rig is None else rig)
         self.jitter = jitter
-        self.mode = self.cfg["mode"]
+        self.mode = cfg.mode
         if self.mode in ("rig", "mixed") and not self.rig:
             raise ValueError("cameras.rig: the rig is empty but cameras.mode needs it")
         if self.rig:
@@ -122,7 +122,7 @@ class CameraSampler:
 
     def orbit(self, n: int) -> ViewBatch:
         cfg = self.cfg
-        el_lo, el_hi = cfg["elevation"]
+        el_lo, el_hi = cfg.elevation
         # Half uniform in degrees, half uniform on the sphere (threestudio): enough low views
         # without starving the top.
         in_degrees = self._uniform(n, el_lo, el_hi)
@@ -130,14 +130,14 @@ class CameraSampler:
         on_sphere = torch.rad2deg(torch.asin(self._uniform(n, s_lo, s_hi).clamp(-1, 1)))
         pick = torch.rand(n, generator=self.generator, device=self.device) < 0.5
         elevation = torch.where(pick, in_degrees, on_sphere)
-        az_lo, az_hi = cfg["azimuth"]
+        az_lo, az_hi = cfg.azimuth
         strata = (torch.rand(n, generator=self.generator, device=self.device)
                   + torch.arange(n, device=self.device)) / n
         azimuth = az_lo + (az_hi - az_lo) * strata
-        distance = self._uniform(n, *cfg["distance"]) * self.size
-        fovy = self._uniform(n, *cfg["fovy"])
+        distance = self._uniform(n, *cfg.distance) * self.size
+        fovy = self._uniform(n, *cfg.fovy)
         eye = orbit_position(self.center, azimuth, elevation, distance)
-        target = self.center + cfg["jitter"]["target"] * self.size * torch.randn(
+        target = self.center + cfg.jitter_target * self.size * torch.randn(
             n, 3, generator=self.generator, device=self.device)
         eye = eye + 0.02 * self.size * (2 * torch.rand(n, 3, generator=self.generator, device=self.device) - 1)
         up = self.world_up + 0.02 * torch.randn(n, 3, generator=self.generator, device=self.device)
@@ -150,10 +150,9 @@ class CameraSampler:
         index = torch.randint(0, len(self.rig), (n,), generator=self.generator, device=self.device)
         c2w = self.rig_c2w[index].clone()
         if self.jitter:
-            j = self.cfg["jitter"]
-            c2w[:, :3, 3] += j["position"] * self.size * torch.randn(n, 3, generator=self.generator,
-                                                                     device=self.device)
-            c2w[:, :3, :3] = small_rotation(n, j["rotation"], self.generator, self.device) @ c2w[:, :3, :3]
+            c2w[:, :3, 3] += self.cfg.jitter_position * self.size * torch.randn(n, 3, generator=self.generator,
+                                                                                device=self.device)
+            c2w[:, :3, :3] = small_rotation(n, self.cfg.jitter_rotation, self.generator, self.device) @ c2w[:, :3, :3]
         k = self.rig_k[index]
         return self._batch(c2w, k[:, 0], k[:, 1], k[:, 2], k[:, 3], index)
 
@@ -162,7 +161,7 @@ class CameraSampler:
             return self.orbit(n)
         if self.mode == "rig":
             return self.from_rig(n)
-        from_rig = torch.rand(n, generator=self.generator, device=self.device) < self.cfg["rig_fraction"]
+        from_rig = torch.rand(n, generator=self.generator, device=self.device) < self.cfg.rig_fraction
         a, b = self.orbit(n), self.from_rig(n)
         m = from_rig
         return ViewBatch(

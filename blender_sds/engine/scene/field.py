@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...job import preset_table
 
 PRIMES = (1, 2654435761, 805459861)
 # Points per field query when nothing needs gradients (previews, occupancy, meshing): the
@@ -95,11 +94,6 @@ class FieldConfig:
     blob_density: float = 10.0  # pre-activation bias at the centre (threestudio magic3d blob)
     blob_radius: float = 0.5  # where the bias crosses zero, in half-sizes of the bounds
     density_scale: float = 10.0
-
-    @classmethod
-    def for_job(cls, job: dict) -> "FieldConfig":
-        """The field size the job's preset names for its guidance kind (job.preset_table)."""
-        return cls.for_preset(preset_table(job["guidance"]["kind"])[job["preset"]]["field"])
 
     @classmethod
     def for_preset(cls, preset: str) -> "FieldConfig":

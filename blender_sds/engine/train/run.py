@@ -20,13 +20,14 @@ import torch
 from . import artifacts, faults
 from ..scene.cameras import CameraSampler, fixed_views
 from ..device import pick_device
-from ..scene.field import Field, FieldConfig
 from ..guidance import build_guidance
+from ..scene.field import Field, FieldConfig
 from ..scene.occupancy import OccupancyGrid
 from ..scene.renderer import Background, render
+from ..settings import Settings
+from .parts import BackgroundPart, FieldPart
 
-MESH_FILE, PREVIEW_FILE, CHECKPOINT_FILE, LOG_FILE, JOB_FILE, STATUS_FILE = (
-    "mesh.npz", "preview.png", "checkpoint.pt", "log.jsonl", "job.json", "status.json")
+from ...results import CHECKPOINT_FILE, JOB_FILE, LOG_FILE, MESH_FILE, PREVIEW_FILE, STATUS_FILE
 PREVIEW_RESOLUTION = 128
 PREVIEW_DISTANCE = 1.5  # in bounds sizes: the whole box in frame at 45 degrees, the object large
 LIT_SHADING = (("albedo", 0.25), ("textureless", 0.375), ("lambertian", 0.375))  # threestudio's mix
@@ -50,34 +51,33 @@ class Run:
 
     def __init__(self, job: dict, out_dir: Path, device: torch.device, on_event=None):
         self.job = job
+        self.settings = settings = Settings.from_job(job)
         self.out = out_dir
         self.device = device
         self.on_event = on_event
-        self.seed = int(job["seed"])
+        self.seed = settings.seed
         torch.manual_seed(self.seed)
         self.rng = random.Random(self.seed)
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
-        bounds = job["bounds"]
+        bounds = settings.bounds
         self.emit({"type": "stage", "name": "loading guidance"})
-        self.guidance = build_guidance(job, device)
-        self.field = Field(bounds["center"], bounds["size"], FieldConfig.for_job(job)).to(device)
+        self.guidance = build_guidance(settings.guidance, device)
+        self.field = Field(list(bounds.center), bounds.size, FieldConfig.for_preset(settings.field_preset)).to(device)
         self.background = Background().to(device)
-        self.occupancy = OccupancyGrid(bounds["center"], bounds["size"], device=device)
-        optim = job["optim"]
-        self.optimizer = torch.optim.Adam(
-            self.field.parameter_groups(optim["lr"]) + [{"params": self.background.parameters(), "lr": 1e-3}],
-            betas=(0.9, 0.99), eps=1e-15)
-        rig = None
-        if job["guidance"]["kind"] == "reference":
-            rig = self.guidance.cameras
-        self.cameras = CameraSampler(job, device, self.generator, rig=rig,
-                                     jitter=job["guidance"]["kind"] != "reference")
+        self.occupancy = OccupancyGrid(list(bounds.center), bounds.size, device=device)
+        # Every trained part brings its groups, losses and state; the judge may bring its own.
+        self.parts = [FieldPart(self.field, settings.lr, settings.losses), BackgroundPart(self.background),
+                      *self.guidance.trained_parts()]
+        self.optimizer = torch.optim.Adam([g for part in self.parts for g in part.parameter_groups()],
+                                          betas=(0.9, 0.99), eps=1e-15)
+        rig = self.guidance.rig  # a kind that judges only its own cameras brings them, unjittered
+        self.cameras = CameraSampler(settings.cameras, device, self.generator, rig=rig, jitter=rig is None)
         self.step = 0
         self.nonfinite = torch.zeros((), dtype=torch.int32, device=device)
-        self.samples = int(job["render"]["samples"])
+        self.samples = settings.render_samples
         self.step_length = math.sqrt(3) / self.samples  # one render step, in units of bounds.size
         self.occupancy.update(self.field, 0, self.step_length, self.generator, force=True)
-        init = job["init"]
+        init = settings.init
         if init["checkpoint"]:
             self.restore(artifacts.load_checkpoint(init["checkpoint"]), resume=init["resume"])
 
@@ -88,8 +88,9 @@ class Run:
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"field": self.field.state_dict(), "field_config": self.field.cfg.to_dict(),
-                "background": self.background.state_dict(), "occupancy": self.occupancy.state_dict(),
+        """Each part's state under its name ("field", "background", a judge's own), and the loop's."""
+        parts = {part.name: part.state_dict() for part in self.parts}
+        return {**parts, "field_config": self.field.cfg.to_dict(), "occupancy": self.occupancy.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "job": json.loads(json.dumps(self.job))}
 
@@ -100,9 +101,12 @@ class Run:
         if list(state["job"]["bounds"]["center"]) != list(self.job["bounds"]["center"]) or \
                 state["job"]["bounds"]["size"] != self.job["bounds"]["size"]:
             raise ValueError("init.checkpoint: the checkpoint's bounds differ from this job's bounds")
-        self.field.load_state_dict(state["field"])
+        for part in self.parts:
+            if part.name in state:  # a judge's own part starts afresh when refining another rule's run
+                part.load_state_dict(state[part.name])
+            elif part.name in ("field", "background") or resume:
+                raise ValueError(f"init.checkpoint: the checkpoint has no {part.name!r} state to continue from")
         self.occupancy.load_state_dict(state["occupancy"])
-        self.background.load_state_dict(state["background"])
         if resume:
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
@@ -118,7 +122,7 @@ class Run:
     def shading_for(self, step: int) -> str:
         """Albedo first, then threestudio's mix, restricted to the shadings the judge knows."""
         allowed = [(name, p) for name, p in LIT_SHADING if name in self.guidance.shadings]
-        if step < self.job["optim"]["albedo_steps"] or [name for name, _ in allowed] == ["albedo"]:
+        if step < self.settings.albedo_steps or [name for name, _ in allowed] == ["albedo"]:
             return "albedo"
         r = self.rng.random() * sum(p for _, p in allowed)
         for name, p in allowed:
@@ -136,8 +140,7 @@ class Run:
         return center + torch.nn.functional.normalize(offset + noise, dim=-1) * dist * scale
 
     def train_step(self, total: int) -> torch.Tensor:
-        job = self.job
-        views = self.cameras.sample(int(job["render"]["batch"]))
+        views = self.cameras.sample(self.settings.render_batch)
         if self.guidance.needs_solid_background or self.rng.random() < 0.5:
             solid = torch.rand(views.size, 3, generator=self.generator, device=self.device)
             views, background = views.with_background(solid), solid
@@ -145,15 +148,14 @@ class Run:
             background = self.background
         shading = self.shading_for(self.step)
         light = self.light_for(views) if shading != "albedo" else None
-        weights = job["optim"]
         out = render(self.field, views, self.samples, occupancy=self.occupancy, shading=shading, light=light,
                      background=background, generator=self.generator,
-                     want_orientation=weights["orientation"] > 0 and shading != "albedo")
+                     want_orientation=self.settings.losses.orientation > 0 and shading != "albedo")
         judged = self.guidance(out.image, views, self.step, total)
         loss = faults.at_step(self.step, judged.loss)
-        for name in ("orientation", "sparsity", "opaque"):
-            if weights[name] > 0 and name in out.regularisers:
-                loss = loss + weights[name] * out.regularisers[name]
+        for part in self.parts:
+            for weighted in part.losses(out).values():
+                loss = loss + weighted
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # A NaN/inf step is skipped (its gradients zeroed) without a host sync; the count is
@@ -173,8 +175,8 @@ class Run:
     @torch.no_grad()
     def preview(self) -> np.ndarray:
         """Front and back, lit from the camera, on white: what the artist checks at a glance."""
-        bounds = self.job["bounds"]
-        views = fixed_views(bounds["center"], bounds["size"], (0.0, 180.0), 15.0, PREVIEW_RESOLUTION,
+        bounds = self.settings.bounds
+        views = fixed_views(list(bounds.center), bounds.size, (0.0, 180.0), 15.0, PREVIEW_RESOLUTION,
                             distance=PREVIEW_DISTANCE, device=self.device)
         light = views.c2w[:, :3, 3]
         white = torch.ones(views.size, 3, device=self.device)
@@ -192,8 +194,8 @@ class Run:
     @torch.no_grad()
     def extract_mesh(self) -> dict:
         from ..scene.isosurface import extract_mesh
-        bounds, mesh = self.job["bounds"], self.job["mesh"]
-        return extract_mesh(self.field.density, self.field.albedo, bounds["center"], bounds["size"],
+        bounds, mesh = self.settings.bounds, self.settings.mesh
+        return extract_mesh(self.field.density, self.field.albedo, list(bounds.center), bounds.size,
                             resolution=mesh["resolution"], threshold=mesh["threshold"],
                             min_component=mesh["min_component"], device=self.device)
 
@@ -213,7 +215,7 @@ def check_writable(out: Path) -> None:
 
 
 def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None) -> Path:
-    """Run a normalised job into `out_dir`; see docs/JOB.md and DESIGN.md for the files.
+    """Run a normalised job into `out_dir`; see docs/JOB.md and docs/ARCHITECTURE.md "Result files" for the files.
 
     `status.json` says what the folder holds: running, complete, cancelled or failed
     (with the message); `mesh.npz` is written last, so only a complete run has one.

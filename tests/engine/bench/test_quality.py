@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from blender_sds.job import POCKET_PRESETS
+from blender_sds.kinds.pocket import PRESETS as POCKET_PRESETS
 from blender_sds.engine.bench import quality as bench_quality
 from blender_sds.engine.pocket import world
 

@@ -39,17 +39,17 @@ def test_graphs_are_for_cuda_without_offload_only():
 def test_on_the_cpu_the_judge_stays_eager_and_the_wrappers_pass_calls_through(sd_folder):
     torch.manual_seed(0)
     g = build_guidance(sd_job(sd_folder), torch.device("cpu"))
-    assert not isinstance(g.unet, GraphedUNet) and not active(g)
+    assert not isinstance(g.predictor.unet, GraphedUNet) and not active(g.predictor)
 
-    wrapped = GraphedUNet(g.unet)
+    wrapped = GraphedUNet(g.predictor.unet)
     z, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 900])
-    hidden = torch.cat([g.embeddings.prompt, g.embeddings.uncond])
+    hidden = torch.cat([g.predictor.embeddings.prompt, g.predictor.embeddings.uncond])
     with torch.no_grad():
-        want = g.unet(z, t, encoder_hidden_states=hidden).sample
+        want = g.predictor.unet(z, t, encoder_hidden_states=hidden).sample
         got = wrapped(z, t, encoder_hidden_states=hidden).sample
     assert torch.equal(got, want) and wrapped.graph is None  # nothing captured on the CPU
-    assert wrapped.config is g.unet.config and active(type("G", (), {"unet": wrapped})())
+    assert wrapped.config is g.predictor.unet.config and active(type("G", (), {"unet": wrapped})())
 
-    encoder = GraphedEncoder(g.vae.encoder.forward)
+    encoder = GraphedEncoder(g.predictor.vae.encoder.forward)
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
-    assert torch.equal(encoder(x), g.vae.encoder(x)) and encoder.graphed is None
+    assert torch.equal(encoder(x), g.predictor.vae.encoder(x)) and encoder.graphed is None

@@ -3,14 +3,16 @@ import pytest
 import torch
 
 from blender_sds.engine.pocket import posed, world
-from blender_sds.engine.guidance.teachers.pocket import PocketGuidance, epsilon, scaled_linear_alphas_cumprod
+from blender_sds.engine.guidance.teachers.closed_form import epsilon, scaled_linear_alphas_cumprod
+from blender_sds.engine.guidance.teachers.pocket import PocketPredictor
 from blender_sds.job import JobError, validate_job
-from test_pocket_teacher import SIZE, brute_force_eps, tiny_job, views_for
+from judges import cfg_pair, guidance_settings
+from pocket_views import SIZE, brute_force_eps, tiny_job, views_for
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    return PocketGuidance(tiny_job(guidance={"pose_matched": True}), "cpu")
+    return PocketPredictor(guidance_settings(tiny_job(guidance={"pose_matched": True})), "cpu")
 
 
 def test_judged_orbit_is_the_engine_camera_in_unit_coordinates():
@@ -58,7 +60,7 @@ def test_at_tiny_t_the_teacher_answers_with_the_judged_pose(teacher):
     a = scaled_linear_alphas_cumprod()[t]
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)) * 1e-3
     z = a.sqrt().view(-1, 1, 1, 1) * x + (1 - a).sqrt().view(-1, 1, 1, 1) * eps
-    eps_cond, _ = teacher.predict_noise(z, t, views)
+    eps_cond, _ = cfg_pair(teacher, z, t, views)
     x0 = (z - (1 - a).sqrt().view(-1, 1, 1, 1) * eps_cond) / a.sqrt().view(-1, 1, 1, 1)
     alpha_seen = (x0 - (2 * background.view(-1, 3, 1, 1) - 1)).abs().amax(1) > 1e-3
     assert torch.equal(alpha_seen, truth[:, 3] > 1e-3)  # the answer's silhouette is the render's own
@@ -69,8 +71,8 @@ def test_pose_matched_runs_are_deterministic():
     views = views_for([30.0], [15.0], background=torch.ones(1, 3))
     z = torch.zeros(1, 3, SIZE, SIZE)
     t = torch.tensor([500])
-    first = PocketGuidance(tiny_job(guidance={"pose_matched": True}), "cpu").predict_noise(z, t, views)
-    again = PocketGuidance(tiny_job(guidance={"pose_matched": True}), "cpu").predict_noise(z, t, views)
+    first = cfg_pair(PocketPredictor(guidance_settings(tiny_job(guidance={"pose_matched": True})), "cpu"), z, t, views)
+    again = cfg_pair(PocketPredictor(guidance_settings(tiny_job(guidance={"pose_matched": True})), "cpu"), z, t, views)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
@@ -81,11 +83,11 @@ def test_noise_prediction_is_the_brute_force_posterior_mean_of_the_posed_data():
     t = torch.tensor([500, 900])
     a = scaled_linear_alphas_cumprod()[t].double()
     z = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    teacher = PocketGuidance(tiny_job(guidance={"pose_matched": True}), "cpu")
+    teacher = PocketPredictor(guidance_settings(tiny_job(guidance={"pose_matched": True})), "cpu")
     state = teacher.pose_generator.get_state()
     cond, cond_mask, uncond, uncond_mask = teacher.posed_data(views)
     teacher.pose_generator.set_state(state)
-    eps_cond, eps_uncond = teacher.predict_noise(z, t, views)
+    eps_cond, eps_uncond = cfg_pair(teacher, z, t, views)
     for data, mask, eps in ((cond, cond_mask, eps_cond), (uncond, uncond_mask, eps_uncond)):
         for b in range(2):
             want = brute_force_eps(z[b], a[b], data, background[b], mask[b])

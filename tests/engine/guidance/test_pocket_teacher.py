@@ -3,65 +3,17 @@ import pytest
 import torch
 
 from blender_sds.engine.guidance import build_guidance
-from blender_sds.engine.guidance.predictors.prompts import direction_index
+from blender_sds.engine.scene.directions import direction_index
 from blender_sds.engine.pocket import dataset, world
-from blender_sds.engine.pocket.cameras import fixed_orbits
-from blender_sds.engine.guidance.teachers.pocket import (FRAMING_MINIMUM, FRAMING_WIDTH, PocketGuidance, epsilon,
-                                               posterior_mean, scaled_linear_alphas_cumprod)
-from blender_sds.engine.scene.views import ViewBatch
-from blender_sds.job import validate_job
-
-SIZE = 12
-
-
-def tiny_job(**extra):
-    """A pocket job at SIZE px; its teacher is the camera-blind one unless `guidance` says pose_matched."""
-    raw = {"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket", "pose_matched": False},
-           "render": {"resolution": SIZE}}
-    for key, value in extra.items():
-        if isinstance(value, dict):
-            raw.setdefault(key, {}).update(value)
-        else:
-            raw[key] = value
-    return validate_job(raw)
+from blender_sds.engine.guidance.teachers.closed_form import epsilon, posterior_mean, scaled_linear_alphas_cumprod
+from blender_sds.engine.guidance.teachers.pocket import FRAMING_MINIMUM, FRAMING_WIDTH, PocketPredictor
+from judges import cfg_pair, guidance_settings
+from pocket_views import SIZE, brute_force_eps, composites, tiny_job, views_for
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    return PocketGuidance(tiny_job(), "cpu", cond_views=24, world_views=2)
-
-
-def views_for(azimuth, elevation, background=None, distance=1.75, fovy=55.0, bounds_size=2.0):
-    """Engine-style cameras (world units, default bounds) at the given angles, distances and fields of view."""
-    orbit = fixed_orbits(azimuth, elevation, 1.0, 50.0)
-    b = len(orbit)
-    orbit.eye *= torch.as_tensor(distance, dtype=torch.float64).expand(b)[:, None]
-    orbit.fovy = torch.as_tensor(fovy, dtype=torch.float64).expand(b).clone()
-    c2w = orbit.c2w().float()
-    c2w[:, :3, 3] *= bounds_size
-    f = orbit.focal(SIZE).float()
-    half = torch.full((b,), SIZE / 2)
-    return ViewBatch(c2w=c2w, fx=f, fy=f.clone(), cx=half, cy=half.clone(), width=SIZE, height=SIZE,
-                     azimuth=orbit.azimuth.float(), elevation=orbit.elevation.float(), background=background)
-
-
-def composites(data: dataset.ViewSet, background: torch.Tensor) -> torch.Tensor:
-    """Every data image over one background, in [-1,1], float64: the x_i of the definition."""
-    n = len(data)
-    rgba = torch.cat((data.colour.view(n, 3, SIZE, SIZE), data.alpha.view(n, 1, SIZE, SIZE)), 1).double()
-    return 2 * world.composite(rgba, background.double()) - 1
-
-
-def brute_force_eps(z_t, alpha_bar, data, background, keep=None):
-    """eps_hat by the book, one image at a time in float64."""
-    x = composites(data, background)
-    keep = range(len(data)) if keep is None else [i for i in range(len(data)) if keep[i]]
-    prior = data.log_prior.double().exp()
-    likelihood = torch.stack([torch.exp(-((z_t - alpha_bar.sqrt() * x[i]) ** 2).sum() / (2 * (1 - alpha_bar)))
-                              for i in keep])
-    weights = prior[list(keep)] * likelihood / (prior[list(keep)] * likelihood).sum()
-    x0 = sum(w * x[i] for w, i in zip(weights, keep))
-    return (z_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+    return PocketPredictor(guidance_settings(tiny_job()), "cpu", cond_views=24, world_views=2)
 
 
 def test_schedule_is_diffusers_scaled_linear():
@@ -80,7 +32,7 @@ def test_noise_prediction_equals_the_brute_force_posterior_mean(teacher):
     clean = composites(teacher.cond, background[0])[5]  # near the data, so the softmax is not flat
     z = torch.randn(3, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
     z[0] = a[0].sqrt() * clean + (1 - a[0]).sqrt() * z[0]
-    eps_cond, eps_uncond = teacher.predict_noise(z, t, views)
+    eps_cond, eps_uncond = cfg_pair(teacher, z, t, views)
     mask = teacher.cond_mask(views)
     for b in range(3):
         want_c = brute_force_eps(z[b], a[b], teacher.cond, background[b], mask[b])
@@ -94,8 +46,8 @@ def test_float32_runs_agree_with_float64(teacher):
     views = views_for([30.0, -120.0], [10.0, 40.0], torch.rand(2, 3, generator=g))
     z = torch.randn(2, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
     t = torch.tensor([300, 700])
-    c64, u64 = teacher.predict_noise(z, t, views)
-    c32, u32 = teacher.predict_noise(z.float(), t, views)
+    c64, u64 = cfg_pair(teacher, z, t, views)
+    c32, u32 = cfg_pair(teacher, z.float(), t, views)
     assert c32.dtype == torch.float32
     assert torch.allclose(c32.double(), c64, atol=1e-3) and torch.allclose(u32.double(), u64, atol=1e-3)
 
@@ -140,7 +92,7 @@ def test_unconditional_data_are_the_whole_world_with_the_prompts_own_views(teach
     views = views_for([float(cond.azimuth[3])], [float(cond.elevation[3])], background)
     a = teacher.alphas_cumprod[torch.tensor([30])].double()
     z = a.sqrt() * composites(cond, background[0])[3:4]
-    eps_c, eps_u = teacher.predict_noise(z, torch.tensor([30]), views)
+    eps_c, eps_u = cfg_pair(teacher, z, torch.tensor([30]), views)
     assert torch.allclose(eps_c, eps_u, atol=1e-6)
 
 
@@ -153,7 +105,7 @@ def test_view_dependent_data_follow_the_judged_cameras_direction(teacher):
         assert mask[b].any() and torch.equal(mask[b], data_direction == bucket)
     assert mask[3].all()  # no overhead data in the default elevation range: every view may answer
     assert not (teacher.cond_mask(views) & ~mask).any()  # framing only narrows it further
-    flat = PocketGuidance(tiny_job(guidance={"view_dependent": False}), "cpu", cond_views=24, world_views=2)
+    flat = PocketPredictor(guidance_settings(tiny_job(guidance={"view_dependent": False})), "cpu", cond_views=24, world_views=2)
     assert flat.direction_mask(views).all()
 
 
@@ -182,7 +134,7 @@ def test_conditional_pulls_towards_the_prompt_unconditional_towards_the_world(te
     z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     t = torch.tensor([600])
     views = views_for([0.0], [10.0], torch.ones(1, 3))
-    eps_c, eps_u = teacher.predict_noise(z, t, views)
+    eps_c, eps_u = cfg_pair(teacher, z, t, views)
     a = teacher.alphas_cumprod[t]
     x0_c = (z - (1 - a).sqrt() * eps_c) / a.sqrt()
     x0_u = (z - (1 - a).sqrt() * eps_u) / a.sqrt()
@@ -193,8 +145,8 @@ def test_conditional_pulls_towards_the_prompt_unconditional_towards_the_world(te
 def test_background_defaults_to_white(teacher):
     z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([500])
-    none = teacher.predict_noise(z, t, views_for([0.0], [0.0]))
-    white = teacher.predict_noise(z, t, views_for([0.0], [0.0], torch.ones(1, 3)))
+    none = cfg_pair(teacher, z, t, views_for([0.0], [0.0]))
+    white = cfg_pair(teacher, z, t, views_for([0.0], [0.0], torch.ones(1, 3)))
     assert torch.equal(none[0], white[0]) and torch.equal(none[1], white[1])
 
 
@@ -211,19 +163,19 @@ def test_encode_resizes_to_the_teachers_resolution_and_maps_to_minus_one_one(tea
 
 def test_negative_prompt_replaces_the_unconditional_data():
     job = tiny_job(negative_prompt="a blue sphere")
-    g = PocketGuidance(job, "cpu", cond_views=24, world_views=2)
+    g = PocketPredictor(guidance_settings(job), "cpu", cond_views=24, world_views=2)
     assert len(g.uncond) == 24
     expected = dataset.object_views("a blue sphere", SIZE, 24, 1)
     assert torch.equal(g.uncond.colour, expected.colour)
     blue = g.uncond.colour.view(24, 3, -1).sum(-1)
     assert (blue[:, 2] > blue[:, 0]).all()
     with pytest.raises(ValueError, match=r"^negative_prompt: 'blurry' is not in the pocket world"):
-        PocketGuidance(tiny_job(negative_prompt="blurry"), "cpu", cond_views=24, world_views=2)
+        PocketPredictor(guidance_settings(tiny_job(negative_prompt="blurry")), "cpu", cond_views=24, world_views=2)
 
 
 def test_prompt_outside_the_world_is_refused_with_the_vocabulary():
     with pytest.raises(ValueError, match=r"prompt: 'a ceramic teapot' is not in the pocket world.*cube"):
-        PocketGuidance(tiny_job(prompt="a ceramic teapot"), "cpu", cond_views=4, world_views=1)
+        PocketPredictor(guidance_settings(tiny_job(prompt="a ceramic teapot")), "cpu", cond_views=4, world_views=1)
 
 
 def test_data_are_deterministic_and_cached():
@@ -238,7 +190,7 @@ def test_data_are_deterministic_and_cached():
 def test_full_sds_call_through_the_factory():
     job = tiny_job(guidance={"scale": 10})
     guidance = build_guidance(job, torch.device("cpu"))
-    assert isinstance(guidance, PocketGuidance) and guidance.scale == 10
+    assert isinstance(guidance.predictor, PocketPredictor) and guidance.scale == 10
     images = torch.rand(2, 3, SIZE, SIZE, requires_grad=True)
     out = guidance(images, views_for([0.0, 90.0], [10.0, 10.0], torch.rand(2, 3)), step=3, total_steps=100)
     out.loss.backward()

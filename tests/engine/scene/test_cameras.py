@@ -1,4 +1,4 @@
-"""Cameras follow DESIGN.md exactly: c2w in Blender's world (camera looks down -Z, +Y up),
+"""Cameras follow docs/ARCHITECTURE.md "Conventions" exactly: c2w in Blender's world (camera looks down -Z, +Y up),
 pixel intrinsics with the origin at the top-left corner and y down."""
 import math
 
@@ -8,11 +8,12 @@ import torch
 from blender_sds import scenes
 from blender_sds.engine.scene.cameras import CameraSampler, angles_of, fixed_views, ray_bundle, square_crop
 from blender_sds.engine.scene.views import ViewBatch
+from blender_sds.engine.settings import CameraSettings, Settings
 from blender_sds.job import validate_job
 
 
 def project(camera: dict, points: np.ndarray) -> np.ndarray:
-    """Pinhole projection written from DESIGN.md's definitions, independent of the engine."""
+    """Pinhole projection written from docs/ARCHITECTURE.md's definitions, independent of the engine."""
     c2w = np.asarray(camera["c2w"])
     cam = (points - c2w[:3, 3]) @ c2w[:3, :3]  # world -> camera (rotation is orthonormal)
     depth = -cam[:, 2]
@@ -60,11 +61,16 @@ def test_square_crop_keeps_the_centre_of_a_landscape_frame():
     assert square_crop(shifted, 64)[2] == (120 - 50) * 0.64
 
 
-def job_with_rig(mode: str) -> dict:
-    return validate_job({"version": 1, "prompt": "a red cube", "seed": 1,
-                         "guidance": {"kind": "stable-diffusion", "model": "org/model"},
-                         "render": {"resolution": 32},
-                         "cameras": {"mode": mode, "rig": scenes.orbit_cameras(3, 64), "rig_fraction": 0.5}})
+def job_with_rig(mode: str) -> CameraSettings:
+    return cameras_of({"version": 1, "prompt": "a red cube", "seed": 1,
+                       "guidance": {"kind": "stable-diffusion", "model": "org/model"},
+                       "render": {"resolution": 32},
+                       "cameras": {"mode": mode, "rig": scenes.orbit_cameras(3, 64), "rig_fraction": 0.5}})
+
+
+def cameras_of(raw: dict) -> CameraSettings:
+    """The camera section the sampler is built from, of a job as written."""
+    return Settings.from_job(validate_job(raw)).cameras
 
 
 def test_orbit_rig_and_mixed_sampling():
@@ -90,10 +96,10 @@ def test_orbit_rig_and_mixed_sampling():
 
 def test_orbit_look_at_jitter_follows_the_job():
     def centre_offsets(target: float) -> np.ndarray:
-        job = validate_job({"version": 1, "prompt": "a cat", "guidance": {"kind": "pixel", "model": "org/m"},
-                            "bounds": {"center": [1.0, 2.0, 0.5], "size": 3.0},
-                            "cameras": {"jitter": {"target": target}}})
-        views = CameraSampler(job, torch.device("cpu"), torch.Generator().manual_seed(0)).sample(64)
+        cameras = cameras_of({"version": 1, "prompt": "a cat", "guidance": {"kind": "pixel", "model": "org/m"},
+                              "bounds": {"center": [1.0, 2.0, 0.5], "size": 3.0},
+                              "cameras": {"jitter": {"target": target}}})
+        views = CameraSampler(cameras, torch.device("cpu"), torch.Generator().manual_seed(0)).sample(64)
         offsets = []
         for k in range(views.size):
             cam = {"c2w": views.c2w[k].double().numpy(), "fx": float(views.fx[k]), "fy": float(views.fy[k]),

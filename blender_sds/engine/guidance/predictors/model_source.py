@@ -8,12 +8,10 @@ traceback from huggingface_hub in the middle of a run.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from ....job import HUB_ID, SINGLE_FILE_SUFFIXES
 _TRUE = {"1", "true", "yes", "on"}
 # What a pipeline's config-only snapshot needs: model_index.json, every component's
 # config, tokenizer vocabularies (CLIP json/txt, T5 sentencepiece).
@@ -62,7 +60,7 @@ def classify(model: str, key: str = "guidance.model") -> ModelSource:
         return ModelSource("single_file", str(path.resolve()))
     looks_like_path = (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") != 1
                        or path.suffix.lower() in SINGLE_FILE_SUFFIXES or path.is_absolute())
-    if looks_like_path or not _HUB_ID.match(text):
+    if looks_like_path or not HUB_ID.match(text):
         raise ModelSourceError(f"{key}: no such file or folder {text!r} (and it is not a hub id of the "
                                f"form org/name)")
     return ModelSource("hub", text)

@@ -14,18 +14,19 @@ import torch.nn.functional as F
 from ...device import weight_dtype
 from .model_source import (HUB_ERRORS, ModelSourceError, classify, diffusers_dtype, fetch_pipeline_folder,
                            require_parts)
-from .text_unet import TextConditionedGuidance
+from ...settings import GuidanceSettings
+from .text_unet import TextConditionedPredictor
 
 PIXEL_FOLDER_PARTS = ("unet/config.json", "scheduler", "text_encoder/config.json", "tokenizer")
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "watermarker")
 
 
-def load_pixel_model(guidance: dict, dtype: torch.dtype) -> dict:
+def load_pixel_model(model: str, dtype: torch.dtype) -> dict:
     """unet, tokenizer, text_encoder and scheduler_config from a pixel-space diffusers folder or hub repo."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import AutoModelForTextEncoding, AutoTokenizer
 
-    source = classify(guidance["model"])
+    source = classify(model)
     if source.kind == "single_file":
         raise ModelSourceError(f"guidance.model: {source.location!r} is a single-file checkpoint; pixel guidance "
                                f"needs a diffusers folder or hub id (unet/, scheduler/, text_encoder/, tokenizer/)")
@@ -48,20 +49,20 @@ def load_pixel_model(guidance: dict, dtype: torch.dtype) -> dict:
     return {"unet": unet, "tokenizer": tokenizer, "text_encoder": text_encoder, "scheduler_config": scheduler_config}
 
 
-class PixelGuidance(TextConditionedGuidance):
+class PixelPredictor(TextConditionedPredictor):
     """SDS with a pixel-space model: the sample is the image itself, resized and mapped to [-1, 1].
 
     Attributes: `unet`, `scheduler`, `embeddings`, `image_size` (the UNet's sample size).
     """
 
-    def __init__(self, job: dict, device: torch.device):
+    def __init__(self, settings: GuidanceSettings, device: torch.device):
         device = torch.device(device)
-        dtype = weight_dtype(job["guidance"].get("dtype", "auto"), device)
-        parts = load_pixel_model(job["guidance"], dtype)
-        super().__init__(job, device, parts.pop("unet"), parts.pop("scheduler_config"), dtype)
+        dtype = weight_dtype(settings.dtype, device)
+        parts = load_pixel_model(settings.model, dtype)
+        super().__init__(settings, device, parts.pop("unet"), parts.pop("scheduler_config"), dtype)
         size = self.unet.config.sample_size or 64  # IF stage I works at 64x64
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.cache_embeddings(job, parts)
+        self.cache_embeddings(parts)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) != self.image_size:

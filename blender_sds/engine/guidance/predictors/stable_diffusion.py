@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from ...device import weight_dtype
 from .model_source import (HUB_ERRORS, ModelSourceError, classify, diffusers_dtype, fetch_config_folder,
                            fetch_pipeline_folder, hub_offline, require_parts, single_file_keys)
-from .text_unet import TextConditionedGuidance, place_module
+from ...settings import GuidanceSettings
+from .text_unet import TextConditionedPredictor, place_module
 
 SD_FOLDER_PARTS = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder", "tokenizer", "scheduler")
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")  # never loaded nor downloaded
@@ -84,11 +85,11 @@ def _pipeline_from_single_file(path: Path, config: str | None, dtype: torch.dtyp
                                f"model family as the checkpoint? {cause}") from error
 
 
-def load_stable_diffusion(guidance: dict, dtype: torch.dtype) -> dict:
+def load_stable_diffusion(model: str, config: str | None, dtype: torch.dtype) -> dict:
     """unet, vae, tokenizer, text_encoder and scheduler_config from whatever guidance.model names."""
-    source = classify(guidance["model"])
+    source = classify(model)
     if source.kind == "single_file":
-        pipe = _pipeline_from_single_file(Path(source.location), guidance.get("config"), dtype)
+        pipe = _pipeline_from_single_file(Path(source.location), config, dtype)
     else:
         folder = Path(source.location) if source.kind == "folder" else fetch_pipeline_folder(
             source.location, skip=UNUSED_COMPONENTS)
@@ -121,7 +122,7 @@ def _place_vae(vae, device: torch.device, low_vram: bool):
     return vae
 
 
-class StableDiffusionGuidance(TextConditionedGuidance):
+class StableDiffusionPredictor(TextConditionedPredictor):
     """SDS with a latent Stable Diffusion model.
 
     Attributes for tests and benchmarks: `unet`, `vae`, `scheduler` (a DDPMScheduler built
@@ -129,18 +130,18 @@ class StableDiffusionGuidance(TextConditionedGuidance):
     (PromptEmbeddings: prompt, negative prompt, and the four view prompts).
     """
 
-    def __init__(self, job: dict, device: torch.device):
+    def __init__(self, settings: GuidanceSettings, device: torch.device):
         device = torch.device(device)
-        dtype = weight_dtype(job["guidance"].get("dtype", "auto"), device)
-        parts = load_stable_diffusion(job["guidance"], dtype)
-        super().__init__(job, device, parts.pop("unet"), parts.pop("scheduler_config"), dtype)
+        dtype = weight_dtype(settings.dtype, device)
+        parts = load_stable_diffusion(settings.model, settings.config, dtype)
+        super().__init__(settings, device, parts.pop("unet"), parts.pop("scheduler_config"), dtype)
         self.vae = _place_vae(parts.pop("vae"), self.device, self.low_vram)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         latent = self.unet.config.sample_size or DEFAULT_LATENT_SIZE
         latent = (latent, latent) if isinstance(latent, int) else tuple(latent)
         self.image_size = (latent[0] * vae_scale, latent[1] * vae_scale)  # 512x512 for SD 2.1-base
-        self.cache_embeddings(job, parts)
+        self.cache_embeddings(parts)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) in [0,1] -> scaled latents (B,4,h,w), fp32, differentiable.

@@ -1,10 +1,10 @@
-"""What the diffusers kinds share: prompt embeddings made once, and the CFG pair in one UNet call.
+"""What the diffusers kinds share: prompt embeddings made once, and every asked condition in one UNet call.
 
 Latent Stable Diffusion and pixel-space (DeepFloyd-IF-like) models differ only in how an
 image becomes a sample (`encode`); the text side and the noise prediction are the same:
 the prompts are encoded once at construction and the text encoder is freed (it is the
 largest part of IF and a quarter of SD's memory, and SDS never needs it again), and each
-step runs the conditional and unconditional halves as one batch of 2B through the UNet.
+step runs the asked conditions (CFG's pair: 2B) as one batch through the UNet.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ...scene.directions import direction_index
 from ...scene.views import ViewBatch
-from ..base import ScoreDistillation
-from .prompts import direction_index, view_prompts
+from ...settings import GuidanceSettings
+from ..predictor import NoisePredictor
+from .prompts import view_prompts
 
 MAX_TOKENS = 77  # CLIP's context; DeepFloyd IF also encodes its T5 prompts at 77 tokens
 
@@ -26,7 +28,7 @@ class PromptEmbeddings:
 
     prompt: torch.Tensor  # (1, L, D) the prompt as written
     uncond: torch.Tensor  # (1, L, D) the negative prompt ("" by default): the unconditional branch of CFG
-    views: torch.Tensor | None  # (4, L, D) "<prompt>, <direction> view" in prompts.DIRECTIONS order, or None
+    views: torch.Tensor | None  # (4, L, D) "<prompt>, <direction> view" in scene.directions.DIRECTIONS order, or None
 
     def conditional(self, views: ViewBatch) -> torch.Tensor:
         """(B, L, D): each camera's conditional embedding (its direction's prompt when view-dependent)."""
@@ -72,32 +74,34 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-class TextConditionedGuidance(ScoreDistillation):
-    """ScoreDistillation for a text-conditioned diffusers UNet; kinds add `encode`."""
+class TextConditionedPredictor(NoisePredictor):
+    """A text-conditioned diffusers UNet; kinds add `encode`."""
 
-    def __init__(self, job: dict, device: torch.device, unet, scheduler_config, dtype: torch.dtype):
+    graphable = True
+
+    def __init__(self, settings: GuidanceSettings, device: torch.device, unet, scheduler_config, dtype: torch.dtype):
         from diffusers import DDPMScheduler
 
         # The training noise schedule, whatever sampler the model was saved with.
         scheduler = DDPMScheduler.from_config(scheduler_config)
-        super().__init__(job["guidance"], scheduler.alphas_cumprod, device, job["seed"])
+        super().__init__(settings, scheduler.alphas_cumprod, device)
         self.scheduler = scheduler
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"guidance.model: unsupported scheduler prediction_type {self.prediction_type!r}")
         self.dtype = dtype
-        self.low_vram = bool(job["guidance"].get("low_vram", False))
-        self.view_dependent = bool(job["guidance"].get("view_dependent", True))
+        self.low_vram = settings.low_vram
+        self.view_dependent = settings.view_dependent
         self.unet = place_module(unet, self.device, self.low_vram, channels_last=True)
         self.sample_channels = int(unet.config.in_channels)
         self.embeddings: PromptEmbeddings | None = None
 
-    def cache_embeddings(self, job: dict, parts: dict) -> PromptEmbeddings:
+    def cache_embeddings(self, parts: dict) -> PromptEmbeddings:
         """Encode every prompt the run needs, then drop the tokenizer and text encoder from `parts`."""
         tokenizer, text_encoder = parts.pop("tokenizer"), parts.pop("text_encoder")
         place_module(text_encoder, self.device, self.low_vram)
-        prompt = job["prompt"]
-        prompts = [prompt, job.get("negative_prompt") or ""]
+        prompt = self.settings.prompt
+        prompts = [prompt, self.settings.negative_prompt]
         if self.view_dependent:
             prompts += view_prompts(prompt)
         encoded = encode_prompts(tokenizer, text_encoder, prompts, self.device).to(self.device, self.dtype)
@@ -107,19 +111,26 @@ class TextConditionedGuidance(ScoreDistillation):
                                            views=encoded[2:6] if self.view_dependent else None)
         return self.embeddings
 
-    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, views: ViewBatch):
+    def condition(self, name: str, views: ViewBatch) -> torch.Tensor:
+        """(B, L, D) the text embedding of one named condition for these cameras."""
+        if name == "prompt":
+            return self.embeddings.conditional(views)
+        if name == "uncond":
+            return self.embeddings.uncond.expand(views.size, -1, -1)
+        raise self.unknown([name])
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, views: ViewBatch, names):
         batch = z_t.shape[0]
         if views.size != batch:
             raise ValueError(f"guidance: {batch} samples but {views.size} cameras in the view batch")
-        cond = self.embeddings.conditional(views)
-        uncond = self.embeddings.uncond.expand(batch, -1, -1)
-        pair, pair_t = torch.cat([z_t, z_t]), torch.cat([t, t])
+        hidden = torch.cat([self.condition(name, views) for name in names])
+        k = len(names)
+        stacked, stacked_t = torch.cat([z_t] * k), torch.cat([t] * k)
         with torch.no_grad():
-            out = self.unet(pair.to(self.dtype), pair_t, encoder_hidden_states=torch.cat([cond, uncond])).sample
+            out = self.unet(stacked.to(self.dtype), stacked_t, encoder_hidden_states=hidden).sample
         # Learned-variance models (IF) predict [eps, variance]: the noise is the first half.
-        eps = self.to_epsilon(out[:, : self.sample_channels].float(), pair.float(), pair_t)
-        eps_cond, eps_uncond = eps.chunk(2)
-        return eps_cond, eps_uncond
+        eps = self.to_epsilon(out[:, : self.sample_channels].float(), stacked.float(), stacked_t)
+        return dict(zip(names, eps.chunk(k)))
 
     def to_epsilon(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model's prediction as noise, from x_t = sqrt(a) x0 + sqrt(1-a) eps and v = sqrt(a) eps - sqrt(1-a) x0."""

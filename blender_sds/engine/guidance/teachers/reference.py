@@ -3,7 +3,7 @@
 For a camera that is one of the views, the conditional data set is that view's image
 alone, so the optimal denoiser is known in closed form: x0_hat = the image, and
 eps_hat = (x_t - sqrt(a) x) / sqrt(1 - a). The unconditional model is the exact
-denoiser of all views together (softmax-weighted posterior mean). Both go through the
+denoiser of all views together (the posterior mean, closed_form.py). Both go through the
 same noise, timestep, weighting and CFG code as Stable Diffusion, so SDS driven by this
 teacher must reconstruct a known object: the project's ground-truth test of the whole
 engine. RGBA views are composited on the same random solid background as the render,
@@ -18,7 +18,9 @@ from PIL import Image
 
 from ...scene.cameras import crop_box
 from ...scene.views import ViewBatch
-from ..base import ScoreDistillation, scaled_linear_alphas_cumprod
+from ...settings import GuidanceSettings
+from ..predictor import NoisePredictor
+from .closed_form import ImageSet, epsilon, posterior_mean, scaled_linear_alphas_cumprod
 
 
 def load_view(path: str, camera: dict, resolution: int, key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,14 +42,14 @@ def load_view(path: str, camera: dict, resolution: int, key: str) -> tuple[torch
     return t[:3], t[3:]
 
 
-class ReferenceGuidance(ScoreDistillation):
+class ReferencePredictor(NoisePredictor):
     needs_solid_background = True
     shadings = ("albedo",)  # the views are judged as they are; lit augmentation would not match them
 
-    def __init__(self, job: dict, device: torch.device):
-        super().__init__(job["guidance"], scaled_linear_alphas_cumprod(), device, job["seed"])
-        self.resolution = int(job["render"]["resolution"])
-        views = job["guidance"]["views"]
+    def __init__(self, settings: GuidanceSettings, device: torch.device):
+        super().__init__(settings, scaled_linear_alphas_cumprod(), device)
+        self.resolution = settings.resolution
+        views = settings.views
         colours, alphas = [], []
         for i, view in enumerate(views):
             c, a = load_view(view["image"], view["camera"], self.resolution, f"guidance.views[{i}].image")
@@ -55,7 +57,8 @@ class ReferenceGuidance(ScoreDistillation):
             alphas.append(a)
         self.colour = torch.stack(colours).to(self.device)  # (V,3,R,R) premultiplied
         self.alpha = torch.stack(alphas).to(self.device)  # (V,1,R,R)
-        self.cameras = [v["camera"] for v in views]
+        self.data = ImageSet.from_premultiplied(self.colour, self.alpha)
+        self.rig = [v["camera"] for v in views]  # it judges only from its views' cameras
 
     def composite(self, index: torch.Tensor, background: torch.Tensor | None) -> torch.Tensor:
         """Views `index` on per-image backgrounds (B,3), in [-1,1]."""
@@ -69,21 +72,16 @@ class ReferenceGuidance(ScoreDistillation):
                                    align_corners=False, antialias=True)
         return images * 2 - 1
 
-    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, views: ViewBatch):
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, views: ViewBatch, names):
+        if set(names) - {"prompt", "uncond"}:
+            raise self.unknown(set(names) - {"prompt", "uncond"})
         if views.view_index is None or bool((views.view_index < 0).any()):
             raise ValueError("the reference teacher judges only its views' own cameras (cameras.mode 'rig')")
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_cond = self.composite(views.view_index, views.background)
-        eps_cond = (z_t - a.sqrt() * x_cond) / (1 - a).sqrt()
-        if self.scale == 1.0:
-            return eps_cond, eps_cond  # CFG with s = 1 is the conditional model; skip the mixture
-        eps_uncond = torch.empty_like(eps_cond)
-        all_views = torch.arange(self.colour.shape[0], device=self.device)
-        for b in range(z_t.shape[0]):
-            bg = None if views.background is None else views.background[b:b + 1].expand(all_views.shape[0], 3)
-            data = self.composite(all_views, bg).flatten(1)  # (V,D)
-            dist = ((z_t[b].flatten() - a[b].sqrt().flatten() * data) ** 2).sum(-1)
-            weights = torch.softmax(-dist / (2 * (1 - a[b].flatten())), dim=0)
-            x0 = (weights[:, None] * data).sum(0).view_as(z_t[b])
-            eps_uncond[b] = (z_t[b] - a[b].sqrt() * x0) / (1 - a[b]).sqrt()
-        return eps_cond, eps_uncond
+        a = self.alphas_cumprod[t]
+        out = {}
+        if "prompt" in names:
+            out["prompt"] = epsilon(z_t, self.composite(views.view_index, views.background), a)
+        if "uncond" in names:
+            bg = views.background if views.background is not None else torch.ones(z_t.shape[0], 3)
+            out["uncond"] = epsilon(z_t, posterior_mean(z_t, a, self.data, bg.to(self.device, z_t.dtype)), a)
+        return out

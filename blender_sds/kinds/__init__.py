@@ -1,0 +1,91 @@
+"""The registry of judges: guidance kinds and score-distillation rules, by name (stdlib only).
+
+Both halves read it. The job contract (job.py) takes a kind's names and defaults from
+here and nowhere else; the engine imports the implementation a spec names ("module:Class")
+only when it builds a run, so this module never imports torch. A kind or rule is added by
+one `register_kind` / `register_rule` call, with no edit elsewhere (builtin.py and pocket.py
+register the project's own).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """A noise predictor the engine can judge renders with, and the defaults it brings."""
+
+    name: str
+    predictor: str  # "module:Class" of the engine's NoisePredictor; imported by the engine only
+    scale: float  # default guidance.scale (CFG strength that kind's images were made at)
+    text: bool = True  # judged against the prompt: the prompt is required, view_dependent defaults on
+    model: str = "required"  # guidance.model: "required", "optional" or "none"
+    single_file: bool = True  # guidance.model may be a .safetensors/.ckpt checkpoint
+    views: bool = False  # guidance.views (image + camera pairs) are its data
+    own_cameras: bool = False  # cameras.mode rig/mixed may have no rig: the kind brings its cameras
+    regularise: bool = True  # optim.orientation and optim.sparsity default on
+    pose_matched: bool | None = None  # guidance.pose_matched's default; None: the kind has no such option
+    opaque: float = 0.0  # default optim.opaque
+    target_jitter: float = 0.05  # default cameras.jitter.target, in bounds sizes
+    presets: dict | None = None  # its own preset table (same names as job.PRESETS); None: the shared one
+    check_prompt: Callable[[str], str | None] | None = None  # the problem with a prompt it cannot draw, or None
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """How noise predictions become a gradient on the render (SDS, and its successors)."""
+
+    name: str
+    rule: str  # "module:Class" of the engine's rule; imported by the engine only
+    summary: str = ""
+    options: dict = field(default_factory=dict)  # reserved: rule-specific option defaults
+
+
+_KINDS: dict[str, KindSpec] = {}
+_RULES: dict[str, RuleSpec] = {}
+DEFAULT_RULE = "sds"
+
+
+def register_kind(spec: KindSpec) -> KindSpec:
+    if spec.model not in ("required", "optional", "none"):
+        raise ValueError(f"kind {spec.name!r}: model must be required, optional or none, got {spec.model!r}")
+    _KINDS[spec.name] = spec
+    return spec
+
+
+def register_rule(spec: RuleSpec) -> RuleSpec:
+    _RULES[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Forget a kind or rule (tests that register their own clean up with this)."""
+    _KINDS.pop(name, None)
+    _RULES.pop(name, None)
+
+
+def kind_names() -> tuple[str, ...]:
+    return tuple(_KINDS)
+
+
+def rule_names() -> tuple[str, ...]:
+    return tuple(_RULES)
+
+
+def kind(name: str) -> KindSpec:
+    return _KINDS[name]
+
+
+def rule(name: str) -> RuleSpec:
+    return _RULES[name]
+
+
+def load(path: str):
+    """The object a spec names as "module:attr" (engine side: this may import torch)."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+from . import builtin, pocket  # noqa: E402,F401  (they register the project's own kinds and rules)

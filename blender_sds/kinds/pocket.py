@@ -1,0 +1,42 @@
+"""The pocket world's kind: its tuning lives here, beside its vocabulary (pocket_words.py).
+
+The pocket teacher is a pixel-space model of small images, there to run offline on a CPU:
+its presets are sized so "standard" makes an asset in under 2 minutes on a 2-core CPU
+(docs/QUALITY.md has what that reaches).
+"""
+from __future__ import annotations
+
+from ..pocket_words import PocketPromptError, parse_prompt
+from . import KindSpec, register_kind
+
+PRESETS: dict[str, dict] = {
+    "draft": {"steps": 400, "render": {"resolution": 32, "batch": 1, "samples": 48}, "mesh_resolution": 64,
+              "field": "pocket"},
+    "standard": {"steps": 900, "render": {"resolution": 32, "batch": 1, "samples": 48}, "mesh_resolution": 96,
+                 "field": "pocket"},
+    "high": {"steps": 3000, "render": {"resolution": 64, "batch": 1, "samples": 96}, "mesh_resolution": 128,
+             "field": "draft"},
+}
+# Binary-entropy opacity weight: the pocket teacher's soft fields otherwise mesh too small (docs/QUALITY.md).
+OPAQUE = 1000.0
+# Std of the orbit cameras' look-at point, bounds sizes (threestudio's centre perturbation). The
+# pocket world's objects are centred by definition, and its memorising teacher answers an
+# off-centre render with a centred image, which shrinks the result (docs/QUALITY.md).
+TARGET_JITTER = 0.0
+
+
+def prompt_problem(prompt: str) -> str | None:
+    """Why the offline world cannot draw `prompt`, or None: said before any worker starts."""
+    try:
+        parse_prompt(prompt)
+    except PocketPromptError as error:
+        return error.problem
+    return None
+
+
+# Pose-matched by default: camera-blind, its memorised data cannot break a blob's symmetry
+# (docs/QUALITY.md).
+SPEC = register_kind(KindSpec(
+    name="pocket", predictor="blender_sds.engine.guidance.teachers.pocket:PocketPredictor", scale=20.0,
+    model="optional", pose_matched=True, opaque=OPAQUE, target_jitter=TARGET_JITTER, presets=PRESETS,
+    check_prompt=prompt_problem))
