@@ -6,10 +6,10 @@ streams and knows nothing of pipes or sockets, so the same messages can travel o
 subprocess's stdin/stdout today and over TCP later.
 
 A conversation: each side sends `hello` with the protocol version it speaks and checks
-the other's (`check_hello`); a remote worker (engine/serve.py) waits for the add-on's
+the other's (`check_hello`); a remote worker (engine/service/serve.py) waits for the add-on's
 hello, which carries its `token`, before it says anything. Then the add-on sends `run`
 (and maybe `cancel`, `ping`); the worker answers with the engine's events (`stage`,
-`start`, `progress`, `preview`, `checkpoint`, `done`, see engine/run.py), `error`, `pong`,
+`start`, `progress`, `preview`, `checkpoint`, `done`, see engine/train/run.py), `error`, `pong`,
 and a `heartbeat` every few seconds so a silent worker can be told from a busy one.
 Closing the add-on's side (EOF) tells the worker to stop. Files travel as data, never as
 paths the other side should open: the add-on `upload`s a remote job's inputs, a remote
@@ -29,6 +29,8 @@ import math
 import re
 import threading
 
+from . import results
+
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a job with a large rig is tens of kB; anything near this is a fault
 HELLO_MAX_BYTES = 64 * 1024  # what a peer may send before it has said who it is
@@ -36,12 +38,32 @@ HEARTBEAT_SECONDS = 2.0
 CHUNK_BYTES = 1024 * 1024  # raw bytes per upload/file message (base64 makes it 4/3 of that)
 
 ERROR_KINDS = ("bad_input", "failed", "cancelled")
+# An error's `code` says which failure it is, so the other side acts on a field, never on the
+# wording of `message` (which is for people); `key` names the job value at fault, if one is.
+ERROR_CODES = {
+    "bad_message": "a line that is not a well-formed message, or a field of the wrong type",
+    "bad_hello": "the first message is not a hello in this protocol version",
+    "too_large": "a line, a message or the uploads over the limit",
+    "unauthorized": "no token, or a wrong one",
+    "busy": "a job is already running",
+    "path": "a path the remote worker will not touch",
+    "upload": "an upload refused or lost",
+    "job": "the job is refused; `key` names the value",
+    "model": "the model cannot be used as named (not there, not a model, no download allowed)",
+    "input": "other input the engine cannot use (the message says which)",
+    "engine": "the worker's Python cannot load the engine",
+    "run_failed": "the run stopped with an error (the worker's log has the traceback)",
+    "cancelled": "the run stopped because it was asked to",
+    "validator": "the job validator failed on this job instead of naming a key (a fault in it)",
+    "internal": "a fault in the worker itself, answering one message",
+}
 ROLES = ("addon", "worker")
 ADDON_MESSAGES = ("hello", "run", "cancel", "ping", "upload")
 WORKER_MESSAGES = ("hello", "stage", "start", "progress", "preview", "checkpoint", "done", "error",
                    "heartbeat", "pong", "file")
 
-# Fields a known message must carry, with their JSON types; extra fields are allowed.
+# Fields a known message must carry, with their JSON types; extra fields are allowed, and
+# those below are checked when present.
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "hello": {"protocol": int, "role": str},
     "run": {"job": dict, "base_dir": str, "out": str},
@@ -59,6 +81,7 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "upload": {"name": str, "offset": int, "data": str},
     "file": {"name": str, "offset": int, "size": int, "data": str},
 }
+_OPTIONAL: dict[str, dict[str, type]] = {"error": {"code": str, "key": str}}
 
 
 class ProtocolError(ValueError):
@@ -81,6 +104,9 @@ def check_message(message) -> dict:
         if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
             raise ProtocolError(f"'{kind}' message: field '{field}' missing or of the wrong type "
                                 f"in {_short(message)}")
+    for field, wanted in _OPTIONAL.get(kind, {}).items():
+        if field in message and not isinstance(message[field], wanted):
+            raise ProtocolError(f"'{kind}' message: field '{field}' of the wrong type in {_short(message)}")
     if kind == "error" and message["kind"] not in ERROR_KINDS:
         raise ProtocolError(f"'error' message: kind must be one of {ERROR_KINDS}, got {message['kind']!r}")
     if kind in ("upload", "file") and message["offset"] < 0:
@@ -179,10 +205,16 @@ def cancel() -> dict:
     return {"type": "cancel"}
 
 
-def error(message: str, kind: str, **extra) -> dict:
+def error(message: str, kind: str, code: str, key: str | None = None, **extra) -> dict:
+    """A failure for people (`message`) and for the program (`kind`, `code`, `key`: see ERROR_CODES)."""
     if kind not in ERROR_KINDS:
         raise ValueError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
-    return {"type": "error", "message": message, "kind": kind, **extra}
+    if code not in ERROR_CODES:
+        raise ValueError(f"code must be one of {', '.join(ERROR_CODES)}, got {code!r}")
+    out = {"type": "error", "message": message, "kind": kind, "code": code, **extra}
+    if key:
+        out["key"] = key
+    return out
 
 
 def heartbeat(**extra) -> dict:
@@ -210,8 +242,8 @@ MAX_NAME_DEPTH = 8
 # Data files a remote job may upload. No .py (diffusers could import it), no .bin/.ckpt/.pkl
 # (pickle): a checkpoint is read with weights_only, a model must be safetensors.
 UPLOAD_SUFFIXES = (".json", ".txt", ".safetensors", ".png", ".jpg", ".jpeg", ".pt", ".model")
-# What a remote worker sends back of a finished run, and all the add-on accepts.
-RESULT_FILES = ("mesh.npz", "preview.png", "checkpoint.pt", "log.jsonl", "status.json")
+# What a remote worker sends back of a finished run, and all the add-on accepts (results.py).
+RESULT_FILES = results.RESULT_FILES
 
 
 def check_name(name, field: str = "name") -> str:

@@ -1,6 +1,6 @@
 """A known object for ground-truth checks, ray-cast analytically (numpy, not the engine).
 
-A box with corners, red on top and blue below, sitting in the bounds of DESIGN.md's
+A box with corners, red on top and blue below, sitting in the bounds of docs/ARCHITECTURE.md's
 example job (centre (0, 0, 1), size 2). Reference views of it drive the reference-views
 teacher; its exact surface and colours measure what came back. Run as a module to write
 a reference job: `python -m blender_sds.scenes OUT_DIR [--views N] [--size PX]`.
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import srgb
+
 CENTER = np.array([0.0, 0.0, 1.0])
 BOUNDS_SIZE = 2.0
 HALF_EXTENT = np.array([0.5, 0.4, 0.35])  # the box's half sizes in x, y, z (world units)
@@ -23,8 +25,8 @@ BOTTOM_SRGB = np.array([0.1, 0.3, 0.9])  # blue, below it
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0, 1)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    """sRGB -> linear for arrays, by the one curve of srgb.py."""
+    return srgb.decode(np.clip(c, 0, 1), where=np.where, floor=np.maximum)
 
 
 def albedo_srgb(points: np.ndarray) -> np.ndarray:

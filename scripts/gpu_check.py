@@ -9,7 +9,7 @@ outside leaves what it had measured. Every stage's output goes to gpu_check.log.
     python scripts/gpu_check.py [--dry-run] [--out DIR] [--budget SECONDS] [--work DIR]
 
 --dry-run does the same stages on the CPU with the tiny model and a few iterations, so CI
-proves the script has not rotted (tests/test_gpu_check.py); its JSON has the same keys.
+proves the script has not rotted (tests/scripts/test_gpu_check.py); its JSON has the same keys.
 """
 from __future__ import annotations
 

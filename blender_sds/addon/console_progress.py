@@ -23,7 +23,7 @@ def _time(seconds: float | None) -> str:
 
 
 class ConsoleProgress:
-    """Call with the Run after every pump; prints only when there is news."""
+    """Call with the session.Generation after every pump; prints only when there is news."""
 
     def __init__(self, label: str, out=print):
         self.label = label
@@ -33,22 +33,22 @@ class ConsoleProgress:
         self.step = None
         self.said_at = time.monotonic()
 
-    def __call__(self, run) -> None:
+    def __call__(self, generation) -> None:
         now = time.monotonic()
         line = None
-        if run.stage != self.stage:
-            self.stage = run.stage
-            line = f"{run.stage}"
-        if run.steps and run.stage == "optimising":
-            percent = int(100 * run.step / run.steps)
+        if generation.stage != self.stage:
+            self.stage = generation.stage
+            line = f"{generation.stage}"
+        if generation.steps and generation.stage == "optimising":
+            percent = int(100 * generation.step / generation.steps)
             if percent >= self.percent + PERCENT_EVERY or (line is None and now - self.said_at >= QUIET_SECONDS):
                 self.percent = percent - percent % PERCENT_EVERY
-                same = run.step == self.step
-                self.step = run.step
-                line = f"step {run.step}/{run.steps} ({percent}%{_time(run.seconds_left)})" + (
+                same = generation.step == self.step
+                self.step = generation.step
+                line = f"step {generation.step}/{generation.steps} ({percent}%{_time(generation.seconds_left)})" + (
                     " still working" if same else "")
         elif line is None and now - self.said_at >= QUIET_SECONDS:
-            line = f"{run.stage} (still working)"
+            line = f"{generation.stage} (still working)"
         if line is not None:
             self.said_at = now
             self.out(f"SDS [{self.label}]: {line}", flush=True)

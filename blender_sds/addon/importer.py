@@ -17,10 +17,10 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from ..results import CHECKPOINT_FILE, JOB_FILE, LOG_FILE, MESH_FILE
 from .errors import ArtistError
 
 COLOR_ATTRIBUTE = "Col"
-MESH_FILE, JOB_FILE, CHECKPOINT_FILE = "mesh.npz", "job.json", "checkpoint.pt"
 
 
 def load_arrays(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ def load_arrays(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     path = os.path.join(directory, MESH_FILE)
     if not os.path.isfile(path):
         raise ArtistError(f"No {MESH_FILE} in {directory}: pick a finished result folder (a run that stopped "
-                          f"early has none; see log.jsonl there)")
+                          f"early has none; see {LOG_FILE} there)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in ("vertices", "faces", "colors") if name in data.files}

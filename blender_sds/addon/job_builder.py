@@ -7,7 +7,6 @@ field the artist has to change and the scene is never touched.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 
@@ -15,6 +14,7 @@ import bpy
 from mathutils import Vector
 
 from .. import job as job_schema
+from .. import kinds
 from . import preferences, rig
 from .errors import ArtistError
 
@@ -43,9 +43,20 @@ def validate(job: dict, base_dir: str) -> dict:
         return job_schema.validate_job(job, base_dir)
     except job_schema.JobError as exc:
         hint = _where(exc.key)
-        if "not in the pocket world" in exc.problem:
+        if prompt_not_drawable(job, exc.key):
             hint += ", or set Model Source to Stable Diffusion in " + preferences.PREFS_PATH
         raise ArtistError(f"Job setting {exc}: change {hint}") from None
+
+
+def prompt_not_drawable(job: dict, key: str | None) -> bool:
+    """Whether `key` is a prompt the job's kind cannot draw (its registered check refuses it, as
+    the pocket world does words outside its own): then another model source is the remedy."""
+    guidance = job.get("guidance")
+    name = guidance.get("kind") if isinstance(guidance, dict) else None
+    if key not in ("prompt", "negative_prompt") or name not in kinds.kind_names():
+        return False
+    check, text = kinds.kind(name).check_prompt, job.get(key, "")
+    return check is not None and isinstance(text, str) and bool(text.strip()) and check(text) is not None
 
 
 POCKET_MODEL = "pocket"  # Model set to this word picks the pocket world too (before Model Source existed)
@@ -115,17 +126,6 @@ def overrides(scene) -> dict:
     return value
 
 
-def merge(base: dict, extra: dict) -> dict:
-    """`extra` over `base`, objects merged key by key, everything else replaced."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def generate_job(context, prefs) -> dict:
     """The raw job Generate sends for the scene's settings (checked, not normalised)."""
     scene = context.scene
@@ -139,7 +139,7 @@ def generate_job(context, prefs) -> dict:
            "cameras": cameras(context, s.camera_source)}
     if s.steps > 0:
         job["steps"] = s.steps
-    job = merge(job, overrides(scene))
+    job = job_schema.merge_overrides(job, overrides(scene))
     validate(job, os.getcwd())
     return job
 
@@ -162,13 +162,14 @@ def refine_job(context, ob, camera_source: str, steps: int = 0) -> tuple[dict, s
         job = json.loads(stored)
     except json.JSONDecodeError:
         raise ArtistError(f"The sds_job property of '{ob.name}' is not valid JSON: generate it again") from None
-    job["cameras"] = merge(job.get("cameras", {}), cameras(context, camera_source, rig.object_frame(ob)))
+    job["cameras"] = job_schema.merge_overrides(job.get("cameras", {}),
+                                                cameras(context, camera_source, rig.object_frame(ob)))
     if camera_source == "ORBIT":
         job["cameras"].pop("rig", None)
     job["init"] = {"checkpoint": checkpoint, "resume": False}
     # The albedo-only warm-up shapes a field from scratch; a refined field needs none.
     job.setdefault("optim", {})["albedo_steps"] = 0
-    job = merge(job, overrides(context.scene))
+    job = job_schema.merge_overrides(job, overrides(context.scene))
     if steps > 0:
         job["steps"] = steps
     if isinstance(job["optim"].get("albedo_steps"), int) and isinstance(job.get("steps"), int):

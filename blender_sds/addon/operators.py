@@ -37,7 +37,7 @@ class _StartsRun(_Reporting):
 
     def execute(self, context):
         def work():
-            ob = runner.run_blocking(context, self._start(context))
+            ob = runner.wait_and_import(context, self._start(context))
             self.report({"INFO"}, f"SDS: added '{ob.name}'")
             return {"FINISHED"}
         return self._guarded(work)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import bpy
 
 from . import preferences, runner
+from .wrap import wrap
 
 
 def _time(seconds: float) -> str:
@@ -12,17 +13,6 @@ def _time(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
-
-
-def _lines(text: str, width: int = 40) -> list[str]:
-    out, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            out.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return out + [line] if line else out
 
 
 class SDS_PT_main(bpy.types.Panel):
@@ -51,8 +41,8 @@ class SDS_PT_main(bpy.types.Panel):
         if s.bounds_object is None:
             box.prop(s, "bounds_size", text="Size at 3D Cursor")
 
-        run = runner.active()
-        if run is not None:
+        generation = runner.active()
+        if generation is not None:
             layout.operator("sds.cancel", icon="CANCEL")
         else:
             row = layout.row(align=True)
@@ -63,7 +53,7 @@ class SDS_PT_main(bpy.types.Panel):
             sub.enabled = active is not None and "sds_checkpoint" in active
             sub.operator("sds.refine", icon="FILE_REFRESH")
 
-        if run is not None:
+        if generation is not None:
             text = s.status
             if s.steps_total:
                 text = f"Step {s.step}/{s.steps_total}"
@@ -73,10 +63,10 @@ class SDS_PT_main(bpy.types.Panel):
             layout.label(text=s.status, icon="TIME")
         elif s.status:
             layout.label(text=s.status, icon="ERROR" if s.status == "Failed" else "INFO")
-        if s.last_error and run is None:
+        if s.last_error and generation is None:
             col = layout.column(align=True)
             col.alert = True
-            for i, line in enumerate(_lines(s.last_error)):
+            for i, line in enumerate(wrap(s.last_error, 40)):
                 col.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
         if s.preview_image is not None:
             s.preview_image.preview_ensure()

@@ -1,6 +1,6 @@
 """`scene.sds`: the settings a run is made from, and the progress the UI shows.
 
-The settings' names are the scripting API (DESIGN.md): prompt, negative_prompt, preset,
+The settings' names are the scripting API (docs/ARCHITECTURE.md "Public names"): prompt, negative_prompt, preset,
 seed, camera_source, bounds_object, bounds_size. `steps` and `job_overrides` are for
 quick tests and tech artists: `job_overrides` is a JSON object merged into the job last
 (e.g. '{"render": {"resolution": 32}, "mesh": {"resolution": 48}}'), with docs/JOB.md's

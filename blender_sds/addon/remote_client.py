@@ -1,7 +1,7 @@
 """The worker client over TCP: a remote `python -m blender_sds.engine serve`.
 
 The same shape as worker_client.WorkerClient (start, submit, send, messages, stop), so
-session.Run follows a remote job with the same code. No bpy here (threads only). What
+session.Generation follows a remote job with the same code. No bpy here (threads only). What
 differs is the files: the remote worker cannot read ours, and we must not trust its
 paths. So `submit` uploads the job's local files (a model folder, a checkpoint to refine
 from, reference images) and rewrites the job to name them, and the reader thread writes
@@ -20,7 +20,7 @@ import threading
 import time
 
 from .. import job as job_schema
-from .. import protocol
+from .. import protocol, results
 from .worker_client import MessageChannel
 
 CONNECT_SECONDS = 10.0
@@ -129,7 +129,7 @@ class RemoteClient(MessageChannel):
     def _submit(self, job: dict, base_dir: str, device: str | None) -> None:
         try:
             normal = job_schema.validate_job(job, base_dir)
-            _write_json(os.path.join(self.out_dir, "job.json"), normal)
+            _write_json(os.path.join(self.out_dir, results.JOB_FILE), normal)
             remote_job, files = remote_form(normal)
             deadline = time.monotonic() + HELLO_SECONDS
             while not self.greeted.wait(0.1):  # uploads only once the worker has let us in
@@ -149,19 +149,21 @@ class RemoteClient(MessageChannel):
                 if self.cancelled.is_set():
                     break
             if self.cancelled.is_set():
-                self.queue.put(protocol.error("cancelled before the job was sent", "cancelled"))
+                self.queue.put(protocol.error("cancelled before the job was sent", "cancelled", "cancelled"))
                 return
             self.writer.write(protocol.run(remote_job, "", "", device))
             self.submitted.set()
             if self.cancelled.is_set():  # a cancel that came while the run was being sent
                 self.send(protocol.cancel())
-        except (job_schema.JobError, ValueError) as exc:
-            self.queue.put(protocol.error(f"the job cannot go to a remote worker: {exc}", "bad_input"))
+        except ValueError as exc:  # a JobError (naming its key), or a name the worker would refuse
+            key = exc.key if isinstance(exc, job_schema.JobError) else None
+            self.queue.put(protocol.error(f"the job cannot go to a remote worker: {exc}", "bad_input",
+                                          "job" if key else "input", key))
         except OSError as exc:
             if not self.cancelled.is_set():
                 self.log(f"upload failed: {exc}")
                 self.queue.put(protocol.error(f"could not send the job to {self.where}: {exc.strerror or exc}",
-                                              "failed"))
+                                              "failed", "upload"))
 
     # -- the results in ----------------------------------------------------------------------------
     def _read(self) -> None:
@@ -199,13 +201,13 @@ class RemoteClient(MessageChannel):
     def _local(self, name: str) -> str:
         """Our path for a result file the worker named (only names we accept)."""
         base = os.path.basename(str(name))
-        return os.path.join(self.out_dir, base) if base in protocol.RESULT_FILES else ""
+        return os.path.join(self.out_dir, base) if base in results.RESULT_FILES else ""
 
     def _receive(self, message: dict) -> None:
         name, offset, size = message["name"], message["offset"], message["size"]
-        if name not in protocol.RESULT_FILES:
+        if name not in results.RESULT_FILES:
             raise protocol.ProtocolError(f"the remote worker sent a file named {name[:80]!r}, which is not a "
-                                         f"result file ({', '.join(protocol.RESULT_FILES)})")
+                                         f"result file ({', '.join(results.RESULT_FILES)})")
         if not 0 <= size <= MAX_RESULT_BYTES:
             raise protocol.ProtocolError(f"the remote worker sent {name} of {size} bytes, over the limit")
         data = protocol.chunk_bytes(message)
@@ -257,8 +259,8 @@ def remote_form(job: dict) -> tuple[dict, list[tuple[str, str]]]:
             guidance[key] = prefix
         else:
             if not value.lower().endswith(".safetensors"):
-                raise ValueError(f"guidance.{key}: a remote worker loads single-file models only as .safetensors "
-                                 f"(no pickle), got {value}")
+                raise job_schema.JobError(f"guidance.{key}", "a remote worker loads single-file models only as "
+                                                             f".safetensors (no pickle), got {value}")
             name = f"{prefix}/{_plain(os.path.basename(value))}"
             files.append((name, value))
             guidance[key] = name
@@ -267,8 +269,9 @@ def remote_form(job: dict) -> tuple[dict, list[tuple[str, str]]]:
         files.append((name, view["image"]))
         view["image"] = name
     if job["init"]["checkpoint"]:
-        files.append(("init/checkpoint.pt", job["init"]["checkpoint"]))
-        job["init"]["checkpoint"] = "init/checkpoint.pt"
+        name = f"init/{results.CHECKPOINT_FILE}"
+        files.append((name, job["init"]["checkpoint"]))
+        job["init"]["checkpoint"] = name
     for name, _ in files:
         protocol.check_name(name)
     return job, files

@@ -1,8 +1,8 @@
-"""Start a run, follow it on the main thread, and bring its result into the scene.
+"""Start a generation, follow it on the main thread, and bring its result into the scene.
 
-Two ways to follow a run, one code path: `execute()` blocks in `Run.wait()` (scripts,
-background Blender, where timers never fire); `invoke()` registers `_tick` with
-bpy.app.timers, which pumps the same Run a few times a second while Blender stays
+Two ways to follow a generation, one code path: `execute()` blocks in `Generation.wait()`
+(scripts, background Blender, where timers never fire); `invoke()` registers `_tick` with
+bpy.app.timers, which pumps the same Generation a few times a second while Blender stays
 responsive. Only one run at a time; it is killed on unregister and when another file is
 loaded (`stop_all`). The worker is a local subprocess or, in REMOTE mode, a connection to
 `serve` on another machine (`make_client`); everything after that is the same.
@@ -15,20 +15,22 @@ import time
 
 import bpy
 
-from . import importer, paths, preferences
+from ..results import WORKER_LOG
+from . import importer, job_builder, paths, preferences
 from .console_progress import ConsoleProgress
 from .errors import ArtistError
 from .remote_client import RemoteClient
-from .session import Run
+from .session import Generation
 from .worker_client import WorkerClient, WorkerStartError
+from .wrap import wrap
 
 PREVIEW_IMAGE = "SDS Preview"
 TICK_SECONDS = 0.2
 
-_active: Run | None = None
+_active: Generation | None = None
 
 
-def active() -> Run | None:
+def active() -> Generation | None:
     return _active if _active is not None and not _active.finished else None
 
 
@@ -47,7 +49,7 @@ def worker_environment(prefs) -> dict:
     return env
 
 
-def new_run_dir(prefs, label: str) -> str:
+def new_result_dir(prefs, label: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")[:32].lower() or "run"
     base = os.path.join(paths.runs_dir(prefs), time.strftime("%Y%m%d-%H%M%S-") + slug)
     folder, n = base, 1
@@ -58,7 +60,7 @@ def new_run_dir(prefs, label: str) -> str:
     return folder
 
 
-def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) -> Run:
+def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) -> Generation:
     """Start a worker on `job`; the result will become an object called `name`."""
     global _active
     if active() is not None:
@@ -66,23 +68,23 @@ def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) ->
     prefs = preferences.get(context)
     remote = prefs.worker_mode == "REMOTE"
     make = _remote_client(prefs) if remote else _local_client(prefs)
-    out_dir = new_run_dir(prefs, job.get("prompt", "") or name)
+    out_dir = new_result_dir(prefs, job.get("prompt", "") or name)
     client = make(out_dir)
     meta = {"scene": context.scene.name, "view_layer": context.view_layer.name, "name": name,
             "matrix_world": [list(row) for row in matrix_world] if matrix_world is not None else None,
             "offline": not remote and not bpy.app.online_access and _is_hub_model(job)}
-    run = Run(client, job, base_dir, out_dir, preferences.device_name(prefs), meta,
+    generation = Generation(client, job, base_dir, out_dir, preferences.device_name(prefs), meta,
               silence_seconds=float(prefs.worker_timeout))
     try:
-        run.start()
+        generation.start()
     except WorkerStartError as exc:
         where = "Address and Token" if remote else "Worker Python"
         raise ArtistError(f"The worker could not be started ({exc}): check {where} in "
                           + preferences.PREFS_PATH) from None
-    _active = run
+    _active = generation
     s = context.scene.sds
     s.status, s.last_error, s.progress, s.step, s.steps_total, s.seconds_left = "Starting worker", "", 0.0, 0, 0, -1.0
-    return run
+    return generation
 
 
 def _local_client(prefs):
@@ -93,13 +95,13 @@ def _local_client(prefs):
                           f"'{paths.PACKAGE_NAME}': reinstall the add-on from its zip")
     env = worker_environment(prefs)
     return lambda out_dir: WorkerClient([python, "-u", "-m", f"{paths.PACKAGE_NAME}.engine", "worker"], env,
-                                        out_dir, os.path.join(out_dir, "worker.log"))
+                                        out_dir, os.path.join(out_dir, WORKER_LOG))
 
 
 def _remote_client(prefs):
     host, port = preferences.remote_address(prefs)
     token = prefs.remote_token.strip()
-    return lambda out_dir: RemoteClient(host, port, token, out_dir, os.path.join(out_dir, "worker.log"))
+    return lambda out_dir: RemoteClient(host, port, token, out_dir, os.path.join(out_dir, WORKER_LOG))
 
 
 def _is_hub_model(job: dict) -> bool:
@@ -107,16 +109,17 @@ def _is_hub_model(job: dict) -> bool:
     return isinstance(model, str) and not os.path.exists(model)
 
 
-def sync_scene(run: Run, scene) -> None:
+def sync_scene(generation: Generation, scene) -> None:
     """Copy the run's state into scene.sds (main thread only), and show a new preview."""
     s = scene.sds
-    s.status = {"failed": "Failed", "cancelled": run.message}.get(run.state, run.stage.capitalize())
-    s.step, s.steps_total = run.step, run.steps
-    s.progress = min(1.0, run.fraction)
-    s.seconds_left = -1.0 if run.seconds_left is None else float(run.seconds_left)
-    if run.preview_path and run.preview_serial != run.shown_preview:
-        run.shown_preview = run.preview_serial
-        show_preview(scene, run.preview_path)
+    s.status = {"failed": "Failed", "cancelled": generation.message}.get(generation.state,
+                                                                         generation.stage.capitalize())
+    s.step, s.steps_total = generation.step, generation.steps
+    s.progress = min(1.0, generation.fraction)
+    s.seconds_left = -1.0 if generation.seconds_left is None else float(generation.seconds_left)
+    if generation.preview_path and generation.preview_serial != generation.shown_preview:
+        generation.shown_preview = generation.preview_serial
+        show_preview(scene, generation.preview_path)
 
 
 def show_preview(scene, path: str) -> None:
@@ -134,85 +137,85 @@ def show_preview(scene, path: str) -> None:
     scene.sds.preview_image = img
 
 
-def finish(run: Run, scene, view_layer):
-    """The imported object of a finished run, or ArtistError with the run's message."""
+def finish(generation: Generation, scene, view_layer):
+    """The imported object of a finished generation, or ArtistError with the run's message."""
     global _active
-    if _active is run:
+    if _active is generation:
         _active = None
-    sync_scene(run, scene)
-    if run.state != "done":
-        message = run.message
-        if run.meta.get("offline") and run.state == "failed" and "model" in message.lower():
+    sync_scene(generation, scene)
+    if generation.state != "done":
+        message = generation.message
+        if generation.meta.get("offline") and generation.code == "model":
             message += (" (Blender's online access is off, so the worker cannot download models: allow it in "
                         "Preferences > System > Network, or set Model to a local folder)")
-        elif run.job.get("guidance", {}).get("kind") == "pocket" and "not in the pocket world" in message:
+        elif job_builder.prompt_not_drawable(generation.job, generation.key):
             message += (". Change Prompt in the SDS panel, or set Model Source to Stable Diffusion in "
                         + preferences.PREFS_PATH)
         scene.sds.last_error = message
         raise ArtistError(message)
-    matrix = run.meta.get("matrix_world")
+    matrix = generation.meta.get("matrix_world")
     try:
-        ob = importer.import_result(scene, view_layer, run.result_dir, name=run.meta.get("name"),
-                                    matrix_world=matrix)
+        ob = importer.import_result(scene, view_layer, generation.result_dir,
+                                    name=generation.meta.get("name"), matrix_world=matrix)
     except ArtistError as exc:
         scene.sds.last_error = str(exc)
         scene.sds.status = "Failed"
         raise
     except Exception as exc:  # a result damaged after the run (truncated, half deleted): say so, change nothing
-        message = (f"The result in {run.result_dir} could not be imported ({type(exc).__name__}: {exc}): it was "
-                   "damaged or removed after the run; run the job again")
+        message = (f"The result in {generation.result_dir} could not be imported ({type(exc).__name__}: {exc}): "
+                   "it was damaged or removed after the run; run the job again")
         scene.sds.last_error, scene.sds.status = message, "Failed"
         raise ArtistError(message) from None
     scene.sds.status = f"Done: {ob.name}"
     return ob
 
 
-def run_blocking(context, run: Run):
+def wait_and_import(context, generation: Generation):
     """execute(): wait for the run here, then import. Returns the new object.
 
     No panel is drawn meanwhile, so progress also goes to stdout (console_progress.py).
     """
     scene = context.scene
-    console = ConsoleProgress(run.meta.get("name") or "run")
+    console = ConsoleProgress(generation.meta.get("name") or "run")
 
     def changed(r):
         sync_scene(r, scene)
         console(r)
     try:
-        run.wait(on_change=changed)
+        generation.wait(on_change=changed)
     except BaseException:
-        run.kill("Interrupted")
+        generation.kill("Interrupted")
         stop_all("Interrupted")
         raise
-    return finish(run, scene, context.view_layer)
+    return finish(generation, scene, context.view_layer)
 
 
 # -- asynchronous: a timer on the main thread ------------------------------------------------
 
-def follow(run: Run) -> None:
+def follow(generation: Generation) -> None:
     if not bpy.app.timers.is_registered(_tick):
         bpy.app.timers.register(_tick, first_interval=TICK_SECONDS)
 
 
 def _tick():
-    run = _active
-    if run is None:
+    generation = _active
+    if generation is None:
         return None
-    run.pump()
-    scene = bpy.data.scenes.get(run.meta["scene"])
+    generation.pump()
+    scene = bpy.data.scenes.get(generation.meta["scene"])
     if scene is None:
-        run.kill("The scene was removed")
+        generation.kill("The scene was removed")
         stop_all("")
         return None
-    sync_scene(run, scene)
+    sync_scene(generation, scene)
     _redraw()
-    if not run.finished:
+    if not generation.finished:
         return TICK_SECONDS
-    view_layer = scene.view_layers.get(run.meta["view_layer"]) or scene.view_layers[0]
+    view_layer = scene.view_layers.get(generation.meta["view_layer"]) or scene.view_layers[0]
     try:
-        ob = finish(run, scene, view_layer)
+        ob = finish(generation, scene, view_layer)
     except ArtistError as exc:
-        if run.state != "cancelled":
+        if generation.state != "cancelled":
             _popup(str(exc))
         return None
     try:
@@ -237,7 +240,7 @@ def _popup(message: str) -> None:
         return  # no window to show it in (popup_menu crashes background Blender); the panel has last_error
 
     def draw(menu, _context):
-        for line in _wrap(message, 90):
+        for line in wrap(message, 90):
             menu.layout.label(text=line)
     try:
         bpy.context.window_manager.popup_menu(draw, title="SDS", icon="ERROR")
@@ -245,30 +248,19 @@ def _popup(message: str) -> None:
         pass
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + [line] if line else lines
-
-
 def cancel() -> bool:
-    run = active()
-    if run is None:
+    generation = active()
+    if generation is None:
         return False
-    run.cancel()
+    generation.cancel()
     return True
 
 
 def stop_all(reason: str = "Stopped") -> None:
     """Kill the worker now and forget the run (unregister, another file loaded)."""
     global _active
-    run, _active = _active, None
-    if run is not None:
-        run.kill(reason)
+    generation, _active = _active, None
+    if generation is not None:
+        generation.kill(reason)
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)

@@ -1,4 +1,5 @@
-"""One run as the add-on follows it: messages in, a small state the UI shows.
+"""One generation (a Generate or a Refine) as the add-on follows it: the worker's messages in,
+a small state the UI shows.
 
 No bpy here. `pump()` is called on the main thread (by the timer in the UI, or in a
 blocking loop by `execute()`); it drains the worker's queue and moves the state along:
@@ -22,7 +23,10 @@ CANCEL_SECONDS = 15.0  # a cancelled run gets this long to stop by itself before
 FINISHED = ("done", "failed", "cancelled")
 
 
-class Run:
+class Generation:
+    """One job sent to one worker and followed to its end (not the engine's training Run, nor the
+    protocol's `run` message, which is how it starts)."""
+
     def __init__(self, client, job: dict, base_dir: str, out_dir: str,
                  device: str | None = None, meta: dict | None = None, silence_seconds: float = SILENCE_SECONDS):
         self.client = client
@@ -43,7 +47,9 @@ class Run:
         self.shown_preview = 0  # the serial the UI last loaded
         self.checkpoint_path: str | None = None
         self.result_dir: str | None = None
-        self.message = ""  # why it failed or was cancelled
+        self.message = ""  # why it failed or was cancelled, for people
+        self.code: str | None = None  # the worker's error code (protocol.ERROR_CODES), for the program
+        self.key: str | None = None  # the job key that error names, if any
         self.greeted = False
         self.started_at = time.monotonic()
         self.last_heard = self.started_at
@@ -63,7 +69,7 @@ class Run:
         self.client.submit(self.job, self.base_dir, self.out_dir, self.device)
 
     def pump(self, timeout: float = 0.0, max_messages: int | None = None) -> bool:
-        """Handle what the worker said (at most `max_messages`); True once the run has finished."""
+        """Handle what the worker said (at most `max_messages`); True once the generation has finished."""
         if max_messages is None:
             messages = self.client.messages(timeout)
         else:
@@ -84,7 +90,7 @@ class Run:
         return self.finished
 
     def wait(self, on_change=None, poll: float = 0.25) -> None:
-        """Block until the run finishes (execute(): scripts and background Blender)."""
+        """Block until the generation finishes (execute(): scripts and background Blender)."""
         while not self.pump(poll):
             if on_change is not None:
                 on_change(self)
@@ -158,6 +164,7 @@ class Run:
 
     def _error(self, msg: dict) -> None:
         text = msg["message"]
+        self.code, self.key = msg.get("code"), msg.get("key")
         if msg["kind"] == "cancelled":
             self._end("cancelled", "Cancelled" + (f" ({text})" if text else ""))
         elif msg["kind"] == "bad_input":

@@ -7,7 +7,7 @@ carries two local ones that never travel on the wire:
   {"type": "protocol_error", "message": ...}   the worker wrote something that is not a message
   {"type": "worker_exit", "code": rc}           the worker's stdout closed; it has exited
 
-remote_client.RemoteClient is the same client over TCP; session.Run drives either through
+remote_client.RemoteClient is the same client over TCP; session.Generation drives either through
 start/submit/send/messages/stop and words its reports with `hint` and `describe_exit`.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ def test_zip_layout(addon_zip):
     names = set(zipfile.ZipFile(addon_zip).namelist())
     assert addon_zip.name == "blender_sds-0.1.0.zip"
     for required in ("blender_manifest.toml", "__init__.py", "protocol.py", "job.py", "addon/__init__.py",
-                     "addon/rig.py", "engine/worker.py", "engine/run.py", "engine/__main__.py",
+                     "addon/rig.py", "engine/service/worker.py", "engine/train/run.py", "engine/__main__.py",
                      "vendor/requirements-worker.txt"):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith("tests/")]
@@ -39,7 +39,7 @@ def test_installs_and_registers(blender, run_scenario):
     facts = run_scenario(blender, "install")
     assert facts["package"] == "bl_ext.user_default.blender_sds"
     assert facts["ext_dir"].startswith(facts["user_resources"])
-    assert "__init__.py" in facts["files"] and "engine/worker.py" in facts["files"]
+    assert "__init__.py" in facts["files"] and "engine/service/worker.py" in facts["files"]
     assert all(facts["ops"].values()), facts["ops"]
     assert facts["panel_category"] == "SDS"
     assert facts["prefs"]["model"] == "stabilityai/stable-diffusion-2-1-base"

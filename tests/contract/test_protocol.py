@@ -63,6 +63,17 @@ def test_hello_version_and_role_checks():
         protocol.check_hello({"type": "progress", "step": 1, "steps": 2}, "worker")
 
 
+def test_errors_carry_a_code_and_maybe_a_key_for_the_program():
+    msg = protocol.decode(protocol.encode(protocol.error("seed: must be an int", "bad_input", "job", "seed")))
+    assert (msg["kind"], msg["code"], msg["key"]) == ("bad_input", "job", "seed")
+    assert "key" not in protocol.error("busy", "bad_input", "busy")
+    with pytest.raises(ValueError, match="code must be one of"):
+        protocol.error("x", "failed", "some-words")
+    for field in ("code", "key"):
+        with pytest.raises(protocol.ProtocolError, match=f"field '{field}'"):
+            protocol.check_message({"type": "error", "message": "x", "kind": "failed", field: 3})
+
+
 def _worker():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([WORKER_PYTHON, "-m", "blender_sds.engine", "worker"], stdin=subprocess.PIPE,
@@ -83,7 +94,7 @@ def test_worker_refuses_a_bad_job_naming_the_key_and_exits_on_eof():
     while msg["type"] == "heartbeat":
         msg = reader.read()
     assert msg["type"] == "error" and msg["kind"] == "bad_input"
-    assert msg["key"] == "guidance.scale" and "guidance.scale" in msg["message"]
+    assert msg["code"] == "job" and msg["key"] == "guidance.scale" and "guidance.scale" in msg["message"]
     writer.close()  # EOF: the worker exits by itself
     assert proc.wait(30) == 0
     assert reader.read() is None

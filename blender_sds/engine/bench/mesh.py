@@ -3,8 +3,8 @@
 It times the engine's own `isosurface.extract_mesh` (density grid, floater removal, cavity
 filling, marching cubes, vertex colours) on a field that looks trained: the engine's
 hash-grid `Field` whose density is a lumpy solid (a body, a handle and a spout, with
-surface noise and a few floaters) written into its table by fitting, so the grid queries,
-the surface area and the floaters all cost what a real asset's do. Each stage is timed on
+surface noise and a few floaters) written into its table by fitting (scene/fitting.py), so
+the grid queries, the surface area and the floaters all cost what a real asset's do. Each stage is timed on
 its own as well, so a slow total says which stage to fix.
 
     python -m blender_sds.engine bench mesh [--resolution 128 256] [--device auto|cpu|cuda]
@@ -19,8 +19,10 @@ import sys
 import torch
 
 from . import profiling
+from .profiling import time_stage
 from ..scene import isosurface
 from ..scene.field import Field, FieldConfig
+from ..scene.fitting import fit_field
 
 CENTER, SIZE = (0.0, 0.0, 0.0), 2.0
 
@@ -39,39 +41,18 @@ def teapot_density(points: torch.Tensor) -> torch.Tensor:
     return 40.0 * torch.sigmoid(torch.maximum(solid, floaters) * 60.0)
 
 
+def gradient_albedo(points: torch.Tensor) -> torch.Tensor:
+    """A colour ramp across the box (red along x, green along z), for the fit's albedo."""
+    return torch.stack([(points[:, 0] + 1) / 2, (points[:, 2] + 1) / 2, torch.full_like(points[:, 0], 0.3)], -1)
+
+
 def trained_field(device: torch.device, steps: int = 200, seed: int = 0, batch: int = 8192) -> Field:
     """The engine's Field fitted to `teapot_density` (and a colour gradient) for a few hundred
     Adam steps: its queries cost exactly a trained field's, its surface is a learned one."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         field = Field(CENTER, SIZE, FieldConfig.for_preset("standard")).to(device)
-    opt = torch.optim.Adam(field.parameter_groups(0.02), betas=(0.9, 0.99), eps=1e-15)
-    for _ in range(steps):
-        points = ((torch.rand(batch, 3, generator=gen) - 0.5) * SIZE).to(device)
-        density, albedo = field(points)
-        colour = torch.stack([(points[:, 0] + 1) / 2, (points[:, 2] + 1) / 2, torch.full_like(points[:, 0], 0.3)], -1)
-        target = teapot_density(points)
-        loss = ((density - target) / 40.0).pow(2).mean() + (albedo - colour).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return field.eval()
-
-
-def time_stage(fn, device, repeat: int):
-    """Median ms of `repeat` calls and the last result (stages are seconds long: no warm-up needed
-    beyond the first call, which is discarded when repeat > 1)."""
-    clock = profiling.Clock(device)
-    times, result = [], None
-    for _ in range(repeat + (1 if repeat > 1 else 0)):
-        clock.synchronize()
-        start = clock.mark()
-        result = fn()
-        end = clock.mark()
-        clock.synchronize()
-        times.append(clock.ms(start, end))
-    return profiling.median(times[1:] if repeat > 1 else times), result
+    return fit_field(field, teapot_density, gradient_albedo, steps=steps, seed=seed, batch=batch, density_scale=40.0)
 
 
 def measure(field: Field, device: torch.device, resolution: int, repeat: int, kind: str) -> dict:

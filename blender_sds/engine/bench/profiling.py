@@ -74,6 +74,21 @@ def time_calls(fn, device: torch.device, iterations: int, warmup: int) -> list[f
     return [clock.ms(a, b) for a, b in marks]
 
 
+def time_stage(fn, device, repeat: int):
+    """Median ms of `repeat` calls and the last result, each call waited for (stages are seconds
+    long: no warm-up needed beyond the first call, which is discarded when repeat > 1)."""
+    clock = Clock(device)
+    times, result = [], None
+    for _ in range(repeat + (1 if repeat > 1 else 0)):
+        clock.synchronize()
+        start = clock.mark()
+        result = fn()
+        end = clock.mark()
+        clock.synchronize()
+        times.append(clock.ms(start, end))
+    return median(times[1:] if repeat > 1 else times), result
+
+
 # -- where the figures were taken -------------------------------------------------------------
 
 def git_commit() -> str | None:
@@ -210,8 +225,8 @@ class PhaseProbe:
         self._wrap(run.field, "forward", "field", only_before="guidance_start")
         self._wrap(run.field, "normals", None, flag="lit")
         guidance = run.guidance
-        self._wrap(guidance, "encode", "vae_encode")
-        self._wrap(guidance, "predict_noise", "unet")
+        self._wrap(guidance.predictor, "encode", "vae_encode")
+        self._wrap(guidance.predictor, "predict", "unet")
         self._saved.append((run, "guidance", guidance))
         run.guidance = _TimedGuidance(guidance, self)
         opt = run.optimizer

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...job import JobError, validate_job
+from ...job import JobError, merge_overrides, validate_job
+from ...results import MESH_FILE
 from ..pocket import metrics, world
 
 DEFAULT_SAMPLE = 12
@@ -95,12 +96,7 @@ def job_for(prompt: str, args: argparse.Namespace) -> dict:
            "guidance": {"kind": "pocket"}}
     if args.steps is not None:
         raw["steps"] = args.steps
-    for key, value in (args.override or {}).items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    return validate_job(raw)
+    return validate_job(merge_overrides(raw, args.override or {}))
 
 
 def run_one(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
@@ -116,7 +112,7 @@ def run_one(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
         return {"prompt": prompt, "error": str(error), "chamfer": None, "colour_error": None, "seen_shape": None,
                 "seen_colour": None, "shape_ok": False, "colour_ok": False, "seconds": seconds}
     seconds = time.monotonic() - started
-    with np.load(result / "mesh.npz") as data:
+    with np.load(result / MESH_FILE) as data:
         mesh = {k: data[k] for k in data.files}
     judged = metrics.judge(mesh, prompt, job["bounds"])
     judged.update(seconds=seconds, steps=job["steps"], vertices=int(len(mesh["vertices"])))

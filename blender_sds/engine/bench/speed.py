@@ -7,7 +7,7 @@ loop users run) on the same model, and prints their ratio, the step's phases, th
 the projected time per asset and peak memory.
 
 The default model is Stable Diffusion 2.1-base's published architecture with random
-weights, built from its configs written out below: the same layers and shapes, so the
+weights, built from its configs (models.py): the same layers and shapes, so the
 same cost, and nothing to download. It is saved once (fp16 safetensors, about 2.6 GB) to
 a cache folder and loaded by the engine's own loader. `--model tiny` is a toy-sized model
 of the same family for smoke runs; `--model PATH` times a real model folder or file.
@@ -29,111 +29,29 @@ from pathlib import Path
 
 import torch
 
-from . import profiling
+from . import models, profiling
 from ..scene.field import encode_backend
 from ..guidance.predictors import cuda_graphs
 
-# -- models from their published configs ------------------------------------------------------
+# -- models from their published configs (models.py) ---------------------------------------------
 
-# stabilityai/stable-diffusion-2-1-base: unet/config.json, vae/config.json, text_encoder/config.json
-# (OpenCLIP ViT-H/14 text tower) and the scaled-linear noise schedule.
-SD21_BASE = {
-    "unet": dict(sample_size=64, in_channels=4, out_channels=4, center_input_sample=False,
-                 flip_sin_to_cos=True, freq_shift=0,
-                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                   "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
-                 mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
-                 cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-                 upcast_attention=False),
-    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2, act_fn="silu", norm_num_groups=32, sample_size=512, scaling_factor=0.18215),
-    "text": dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                 num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-                 layer_norm_eps=1e-5),
-}
-# The toy size of tests/tiny_models.py: the same classes, small enough for CI on two cores.
-TINY = {
-    "unet": dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32),
-    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                norm_num_groups=32, sample_size=32),
-    "text": dict(vocab_size=None, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                 num_attention_heads=4, max_position_embeddings=77),
-}
-SHAPES = {"sd21-shape": SD21_BASE, "tiny": TINY}
-SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000,
-                 clip_sample=False, steps_offset=1, prediction_type="epsilon")
-FORMAT = 1  # bump when the configs above change, so a cached folder is rebuilt
+SHAPES = {"sd21-shape": models.SD21_BASE, "tiny": models.TINY}
+FORMAT = 1  # bump when the configs in models.py change, so a cached folder is rebuilt
 PRESET_NAMES = ("draft", "standard", "high")
 GUIDANCE_PHASES = ("vae_encode", "unet", "guidance_rest", "backward_guidance")  # what bare guidance does
-
-
-def byte_tokenizer():
-    """A CLIPTokenizer whose tokens are single bytes (no merges): real class, no vocabulary download.
-
-    Token ids only select rows of the text encoder's embedding; prompts are encoded once per
-    run, so the tokenizer has no part in the per-iteration cost.
-    """
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
-                             model_max_length=77, pad_token="<|endoftext|>")
 
 
 def build_model_folder(folder: Path, shape: str, seed: int = 0) -> Path:
     """Write a diffusers Stable Diffusion folder of `shape` with random weights (fp16 for the full size).
 
-    Parts are built and saved one at a time so the peak host memory is one part, not three.
     Written beside `folder` and renamed into place: a half-written cache is never used.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    cfg = SHAPES[shape]
-    dtype = torch.float16 if shape == "sd21-shape" else torch.float32
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            tokenizer = byte_tokenizer()
-            tokenizer.save_pretrained(tmp / "tokenizer")
-            end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-            text_cfg = dict(cfg["text"], vocab_size=cfg["text"]["vocab_size"] or len(tokenizer))
-            text = CLIPTextModel(CLIPTextConfig(**text_cfg, pad_token_id=end, eos_token_id=end,
-                                                bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>")))
-            text.to(dtype).save_pretrained(tmp / "text_encoder")
-            del text
-            vae = AutoencoderKL(**cfg["vae"])
-            vae.to(dtype).save_pretrained(tmp / "vae")
-            del vae
-            unet = UNet2DConditionModel(**cfg["unet"])
-            unet.to(dtype).save_pretrained(tmp / "unet")
-            del unet
-            DDPMScheduler(**SCHEDULER).save_pretrained(tmp / "scheduler")
-        from diffusers import __version__ as diffusers_version
-        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers_version,
-                 "feature_extractor": [None, None], "safety_checker": [None, None],
-                 "requires_safety_checker": False, "scheduler": ["diffusers", "DDPMScheduler"],
-                 "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        dtype = torch.float16 if shape == "sd21-shape" else torch.float32
+        models.build_sd_folder(tmp, SHAPES[shape], seed, dtype)
         (tmp / "BENCH_MODEL.json").write_text(json.dumps({"shape": shape, "format": FORMAT, "seed": seed,
                                                           "weights": "random"}))
         if folder.exists():
@@ -254,7 +172,7 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as out:
         run = Run(job, Path(out), device)
         run.field.encoding.backend = args.hash_grid
-        guidance = run.guidance
+        guidance = run.guidance.predictor  # the model the figures are about
         if args.compile:
             guidance.unet = torch.compile(guidance.unet)
             guidance.vae.encoder = torch.compile(guidance.vae.encoder)

@@ -2,7 +2,8 @@
 
 They have the real diffusers/transformers classes and on-disk layouts, so the engine
 loads them with exactly the code it uses for Stable Diffusion 2.1 or DeepFloyd IF; only
-the sizes are small enough for a 2-core CPU. Seeded, so two builds are identical.
+the sizes are small enough for a 2-core CPU. Seeded, so two builds are identical. The
+Stable Diffusion folder comes from the builder `bench speed` uses too (models.py).
 
     make_tiny_sd(folder)                        a diffusers StableDiffusionPipeline folder
     make_tiny_sd_single_file(path, config)      the same weights as one original-LDM .safetensors
@@ -10,93 +11,18 @@ the sizes are small enough for a 2-core CPU. Seeded, so two builds are identical
 """
 from __future__ import annotations
 
-import json
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-TEXT_WIDTH = 32  # CLIP hidden size, also the UNets' cross_attention_dim
-SD_LATENT_SIZE = 16  # latent side; the VAE halves, so SD images are 32x32
+from . import models
+
 PIXEL_SIZE = 32
-
-
-def make_tiny_tokenizer():
-    """A byte-level CLIPTokenizer with no merges: every character is its own token."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
-                             model_max_length=77, pad_token="<|endoftext|>")
-
-
-def make_tiny_text_encoder(tokenizer, kind: str = "clip"):
-    """A 2-layer CLIP text model, or a T5 encoder (what DeepFloyd IF uses) over the same tokens."""
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if kind == "t5":
-        config = T5Config(vocab_size=len(tokenizer), d_model=TEXT_WIDTH, d_kv=8, num_heads=4, num_layers=2,
-                          d_ff=37, pad_token_id=end, eos_token_id=end, decoder_start_token_id=end)
-        return T5EncoderModel(config).eval()
-    if kind != "clip":
-        raise ValueError(f"text encoder kind must be 'clip' or 't5', got {kind!r}")
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=37,
-                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                            bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
-                            eos_token_id=end, pad_token_id=end)
-    return CLIPTextModel(config).eval()
-
-
-def _tiny_unet(channels: int, out_channels: int, sample_size: int):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=channels, out_channels=out_channels,
-        block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=32)
-
-
-@contextmanager
-def _seeded(seed: int):
-    """A forked, seeded global RNG: building a model never disturbs the caller's random stream."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def make_tiny_sd(folder, seed: int = 0) -> Path:
     """A StableDiffusionPipeline folder (SD 1.x layout: CLIP text encoder, 4-channel latents)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
-
-    folder = Path(folder)
-    with _seeded(seed):
-        tokenizer = make_tiny_tokenizer()
-        text_encoder = make_tiny_text_encoder(tokenizer)
-        unet = _tiny_unet(4, 4, SD_LATENT_SIZE)
-        vae = AutoencoderKL(
-            block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            norm_num_groups=32, sample_size=2 * SD_LATENT_SIZE)
-        scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                  clip_sample=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
+    return models.build_sd_folder(folder, models.TINY, seed)
 
 
 def make_tiny_sd_single_file(path, config_folder) -> Path:
@@ -127,13 +53,18 @@ def make_tiny_pixel(folder, seed: int = 0, text_encoder: str = "clip") -> Path:
     """A pixel-space folder shaped like DeepFloyd IF stage I: 3-channel UNet with learned
     variance (6 output channels), a cosine DDPM scheduler, a tokenizer and a text encoder
     ("clip", or "t5" as IF has)."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
+    if text_encoder not in ("clip", "t5"):
+        raise ValueError(f"text encoder kind must be 'clip' or 't5', got {text_encoder!r}")
     folder = Path(folder)
-    with _seeded(seed):
-        tokenizer = make_tiny_tokenizer()
-        encoder = make_tiny_text_encoder(tokenizer, text_encoder)
-        unet = _tiny_unet(3, 6, PIXEL_SIZE)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = models.byte_tokenizer()
+        encoder = _t5_encoder(tokenizer) if text_encoder == "t5" else models.clip_text_encoder(
+            tokenizer, models.TINY["text"])
+        unet = UNet2DConditionModel(**dict(models.TINY["unet"], sample_size=PIXEL_SIZE, in_channels=3,
+                                           out_channels=6))
         scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
                                   clip_sample=False, steps_offset=1)
     tokenizer.save_pretrained(folder / "tokenizer")
@@ -141,3 +72,13 @@ def make_tiny_pixel(folder, seed: int = 0, text_encoder: str = "clip") -> Path:
     unet.save_pretrained(folder / "unet")
     scheduler.save_pretrained(folder / "scheduler")
     return folder
+
+
+def _t5_encoder(tokenizer):
+    """A 2-layer T5 encoder (what DeepFloyd IF uses) over the byte tokenizer's ids."""
+    from transformers import T5Config, T5EncoderModel
+
+    end = tokenizer.convert_tokens_to_ids(models.END)
+    config = T5Config(vocab_size=len(tokenizer), d_model=models.TINY["text"]["hidden_size"], d_kv=8, num_heads=4,
+                      num_layers=2, d_ff=37, pad_token_id=end, eos_token_id=end, decoder_start_token_id=end)
+    return T5EncoderModel(config).eval()

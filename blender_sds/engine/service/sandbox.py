@@ -26,12 +26,11 @@ import time
 from pathlib import Path
 
 from ... import protocol
-from ...job import JobError, validate_job
+from ...job import HUB_ID, JobError, validate_job
+from ...results import RESULT_FILES
 from .worker import Refused
 
-# job.json is not among the result files sent back: the client knows its own paths, we do not.
-UPLOAD_SUFFIXES, RESULT_FILES = protocol.UPLOAD_SUFFIXES, protocol.RESULT_FILES
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+UPLOAD_SUFFIXES = protocol.UPLOAD_SUFFIXES
 _JOB_FOLDER = re.compile(r"\d{8}-\d{12}-[0-9a-f]{8}")
 _LIBRARIES = ("diffusers", "transformers")
 
@@ -181,7 +180,7 @@ class SandboxWorkspace:
             event = {**event, "path": Path(event["path"]).name}
         elif kind == "done":
             out = Path(event["out"])
-            for name in RESULT_FILES:
+            for name in RESULT_FILES:  # job.json is not sent: the client knows its own paths, we do not
                 self._send_file(out / name, send)
             event = {**event, "out": ""}
         send(event)
@@ -210,7 +209,7 @@ class SandboxWorkspace:
 # -- what a remote job may name ------------------------------------------------------------------
 
 def _is_hub(text: str) -> bool:
-    return bool(_HUB_ID.fullmatch(text)) and ".." not in text
+    return bool(HUB_ID.fullmatch(text)) and ".." not in text
 
 
 def _job_paths(job: dict):

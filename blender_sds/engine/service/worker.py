@@ -5,8 +5,8 @@ Python that has torch, sends `hello` then `run`, reads events, may send `cancel`
 closes stdin to make it exit. The run happens on a thread so `cancel` and EOF are read
 while the engine works; every write goes through one locked writer. A malformed line is
 answered with an error and the conversation goes on; only a bad hello or a line over the
-limit ends it. `serve` (engine/serve.py) runs the same Worker over TCP with a stricter
-workspace (engine/sandbox.py).
+limit ends it. `serve` (serve.py) runs the same Worker over TCP with a stricter
+workspace (sandbox.py).
 
 Protocol bytes own the real stdout: at start the worker moves fd 1 aside and points it
 at stderr, so a stray print or a C library's chatter (tqdm, warnings) cannot corrupt the
@@ -36,16 +36,13 @@ class Refused(Exception):
         self.key = key
 
     def as_message(self) -> dict:
-        extra = {"code": self.code}
-        if self.key:
-            extra["key"] = self.key
-        return protocol.error(str(self), self.kind, **extra)
+        return protocol.error(str(self), self.kind, self.code, self.key)
 
 
 class LocalWorkspace:
     """The pipe worker's rules: the add-on that started it, on the same machine and as the
     same user, names the job's files and its result folder, so both are taken as given.
-    (engine/sandbox.py holds the remote worker's rules, where nothing from a message is.)"""
+    (sandbox.py holds the remote worker's rules, where nothing from a message is.)"""
 
     greets_first = True  # say hello at once: the add-on waits for it to know the Python works
 
@@ -92,7 +89,8 @@ class Worker:
             self.writer.write(message)
         except protocol.ProtocolError as exc:  # over the line limit: say so instead
             traceback.print_exc()
-            self.send(protocol.error(f"could not send a '{message.get('type')}' message: {exc}", "failed"))
+            self.send(protocol.error(f"could not send a '{message.get('type')}' message: {exc}", "failed",
+                                     "too_large"))
         except (OSError, ValueError):
             # The add-on is gone (broken pipe) or the stream is closed: stop what we do.
             self.stop.set()
@@ -122,7 +120,7 @@ class Worker:
                 except protocol.LineTooLong:
                     raise
                 except protocol.ProtocolError as exc:  # one bad line; the next one starts afresh
-                    self.send(protocol.error(f"protocol: {exc}", "bad_input", code="bad_message"))
+                    self.send(protocol.error(f"protocol: {exc}", "bad_input", "bad_message"))
                     continue
                 if message is None:
                     break
@@ -131,10 +129,11 @@ class Worker:
                 except Exception as exc:  # a bug here must cost one answer, not the conversation
                     traceback.print_exc()
                     self.send(protocol.error(f"internal error on a '{message['type'][:40]}' message: "
-                                             f"{type(exc).__name__}: {_first_line(exc)[:300]}", "failed"))
+                                             f"{type(exc).__name__}: {_first_line(exc)[:300]}", "failed",
+                                             "internal"))
         except protocol.ProtocolError as exc:
             code = "too_large" if isinstance(exc, protocol.LineTooLong) else "bad_hello"
-            self.send(protocol.error(f"protocol: {exc}", "failed", code=code))
+            self.send(protocol.error(f"protocol: {exc}", "failed", code))
             return 2
         except Refused as exc:
             self.send(exc.as_message())
@@ -169,18 +168,18 @@ class Worker:
             except Refused as exc:
                 self.send(exc.as_message())
             except protocol.ProtocolError as exc:
-                self.send(protocol.error(str(exc), "bad_input", code="upload"))
+                self.send(protocol.error(str(exc), "bad_input", "upload"))
         # unknown types are ignored (a newer add-on may send more)
 
     def _start_run(self, message: dict) -> None:
         if self.busy():
             self.send(protocol.error("a run is already going in this worker: cancel it first", "bad_input",
-                                     code="busy"))
+                                     "busy"))
             return
         device = message.get("device")
         if device is not None and not isinstance(device, str):
             self.send(protocol.error(f"device: must be a string such as 'cpu' or 'cuda', got "
-                                     f"{type(device).__name__}", "bad_input", key="device"))
+                                     f"{type(device).__name__}", "bad_input", "bad_message", key="device"))
             return
         try:
             self.workspace.claim()
@@ -191,7 +190,7 @@ class Worker:
             job, out = self.workspace.prepare(message)
         except JobError as exc:
             self.workspace.release()
-            self.send(protocol.error(str(exc), "bad_input", key=exc.key))
+            self.send(protocol.error(str(exc), "bad_input", "job", exc.key))
             return
         except Refused as exc:
             self.workspace.release()
@@ -200,7 +199,7 @@ class Worker:
         except Exception as exc:  # a validator bug must not take the conversation down
             self.workspace.release()
             traceback.print_exc()
-            self.send(protocol.error(f"could not read the job: {type(exc).__name__}: {exc}", "failed"))
+            self.send(protocol.error(f"could not read the job: {type(exc).__name__}: {exc}", "failed", "validator"))
             return
         self.stop.clear()
         self.run_thread = threading.Thread(target=self._run, args=(job, out, device),
@@ -219,38 +218,43 @@ class Worker:
         except ImportError as exc:
             self.send(protocol.error(
                 f"this Python cannot load the engine ({exc}); install the worker packages into it "
-                f"(vendor/requirements-worker.txt: torch, diffusers, ...)", "failed", python=sys.executable))
+                f"(vendor/requirements-worker.txt: torch, diffusers, ...)", "failed", "engine",
+                python=sys.executable))
             return
         engine = self.engine or run_job
-        bad_input = _bad_input_errors()
         try:
             engine(job, out, on_event=lambda event: self.workspace.relay(event, self.send),
                    should_stop=self.stop.is_set, device=device)
         except JobCancelled as exc:
-            self.send(protocol.error(str(exc) or "cancelled", "cancelled"))
-        except bad_input as exc:
-            traceback.print_exc()
-            self.send(protocol.error(_first_line(exc), "bad_input"))
+            self.send(protocol.error(str(exc) or "cancelled", "cancelled", "cancelled"))
         except BaseException as exc:  # the add-on must hear about every way a run ends
             traceback.print_exc()
-            self.send(protocol.error(f"{type(exc).__name__}: {_first_line(exc)}", "failed",
-                                     traceback=traceback.format_exc()[-4000:]))
+            code = _bad_input_code(exc)
+            if code is not None:
+                key = exc.key if isinstance(exc, JobError) else None
+                self.send(protocol.error(_first_line(exc), "bad_input", code, key))
+            else:
+                self.send(protocol.error(f"{type(exc).__name__}: {_first_line(exc)}", "failed", "run_failed",
+                                         traceback=traceback.format_exc()[-4000:]))
 
 
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    """The errors the engine raises for input the user can fix (the CLI's exit code 2)."""
-    errors: list[type[BaseException]] = [JobError, ValueError, FileNotFoundError]
+def _bad_input_code(exc: BaseException) -> str | None:
+    """The error code of input the user can fix (the CLI's exit code 2), None for a failure."""
     try:
         from ..guidance.predictors.model_source import ModelSourceError
-        errors.append(ModelSourceError)
     except ImportError:
-        pass
+        ModelSourceError = ()
     try:
         from ..scene.isosurface import MeshError
-        errors.append(MeshError)
     except ImportError:
-        pass
-    return tuple(errors)
+        MeshError = ()
+    if isinstance(exc, JobError):
+        return "job"
+    if isinstance(exc, ModelSourceError):
+        return "model"
+    if isinstance(exc, (ValueError, FileNotFoundError, MeshError)):
+        return "input"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

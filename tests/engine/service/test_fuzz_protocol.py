@@ -151,8 +151,8 @@ def converse(send_line, read, rng, bases, strings, count: int, first_id: int) ->
                 break
             REPLIES[message["type"] if message["type"] != "error" else f"error:{message.get('code') or message['kind']}"] += 1
             if message["type"] == "error":
-                assert not message["message"].startswith("internal error"), message
-                if message["message"].startswith("could not read the job"):
+                assert message.get("code") != "internal", message
+                if message.get("code") == "validator":
                     VALIDATOR_SURPRISES.add(message["message"][:160])
     return ident
 
