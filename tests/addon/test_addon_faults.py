@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bpy_harness import BPY_ENVS, REPO
+from bpy_harness import REPO
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
@@ -22,15 +22,6 @@ from serve_client import (FREED_WITHIN, TOKEN, files_outside, start_serve, stop_
 # The panel's preview image of the run (the final preview arrives before the result): the
 # only datablock a run that ends without a result may leave, and it is the add-on's own.
 PREVIEW_ONLY = {"images": {"gained": ["SDS Preview"], "lost": []}}
-
-
-@pytest.fixture
-def newest_blender():
-    for version in sorted(BPY_ENVS, reverse=True):
-        python = BPY_ENVS[version] / "bin" / "python"
-        if python.exists():
-            return str(python)
-    pytest.skip("no bpy venv: run scripts/bpy_envs.sh")
 
 
 def test_worker_faults_leave_the_scene_as_it_was_and_say_what_happened(newest_blender, run_scenario, tiny_sd):

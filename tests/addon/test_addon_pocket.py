@@ -1,13 +1,17 @@
 """The pocket world is offered as a labelled model choice (the offline demo): a short real
 worker run makes a coloured object and prints its progress; a prompt outside the world is
 an error report with the engine's list of words, not a traceback; "pocket" typed in Model
-(the older way) still picks it."""
+(the older way) still picks it.
+
+Newest Blender only: the run goes through the same Generate and import as test_addon_e2e.py
+(both versions there); what is particular to the pocket world (the Model Source choice, the
+job it builds, the refusal) is add-on Python with no version-specific bpy API."""
 from bpy_harness import HUB_MODEL
 
 
-def test_pocket_world_model_choice(blender, run_scenario):
-    facts = run_scenario(blender, "pocket", model=HUB_MODEL)
-    print(blender, facts["generate"]["console"], facts["unknown_prompt"]["message"])
+def test_pocket_world_model_choice(newest_blender, run_scenario):
+    facts = run_scenario(newest_blender, "pocket", model=HUB_MODEL)
+    print(newest_blender, facts["generate"]["console"], facts["unknown_prompt"]["message"])
 
     assert facts["default_source"] == "STABLE_DIFFUSION"
     label, description = facts["sources"]["POCKET"]

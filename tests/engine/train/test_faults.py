@@ -7,7 +7,7 @@ import pytest
 
 from blender_sds.engine.train.run import RunFailed, run_job
 from blender_sds.job import validate_job
-from test_run import engine, sd_folder, sd_job  # noqa: F401  (fixture)
+from tiny_sd_jobs import engine, sd_job
 
 
 def status_of(out):

@@ -4,8 +4,6 @@ by the same code users run; every run goes through the whole loop to a mesh."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,31 +12,8 @@ import torch
 
 from blender_sds.job import validate_job
 from blender_sds.engine.train.run import JobCancelled, run_job
-from blender_sds.engine.bench.tiny_models import make_tiny_sd, make_tiny_sd_single_file
-
-SMALL = {"preset": "draft", "steps": 6, "render": {"resolution": 32, "samples": 24},
-         "mesh": {"resolution": 32}, "output": {"preview_every": 3, "checkpoint_every": 3, "progress_every": 2}}
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory) -> Path:
-    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
-
-
-def sd_job(model, **extra) -> dict:
-    raw = {"version": 1, "prompt": "a ceramic teapot", "seed": 7,
-           "bounds": {"center": [0.0, 0.0, 1.0], "size": 2.0},
-           "guidance": {"kind": "stable-diffusion", "model": str(model)}, **SMALL}
-    raw.update(extra)
-    return raw
-
-
-def engine(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "blender_sds.engine", *args], capture_output=True, text=True,
-                          cwd=cwd, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                        "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[3]),
-                                        **(env or {})},
-                          timeout=600)
+from blender_sds.engine.bench.tiny_models import make_tiny_sd_single_file
+from tiny_sd_jobs import SMALL, engine, sd_job
 
 
 def check_result(out: Path, center=(0.0, 0.0, 1.0), size=2.0) -> dict:
