@@ -9,7 +9,7 @@ register the project's own).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 
@@ -40,7 +40,6 @@ class RuleSpec:
     name: str
     rule: str  # "module:Class" of the engine's rule; imported by the engine only
     summary: str = ""
-    options: dict = field(default_factory=dict)  # reserved: rule-specific option defaults
 
 
 _KINDS: dict[str, KindSpec] = {}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
@@ -119,9 +118,7 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
-    argv = list(argv if argv is not None else sys.argv[1:])
-    args = parse(argv)
-    device = profiling.bench_device(args.device)
+    argv, args, device = profiling.bench_start(parse, argv)
     if device is None:
         return 2
     on_cuda = device.type == "cuda"

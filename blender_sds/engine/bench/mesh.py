@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
@@ -106,9 +105,7 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
-    argv = list(argv if argv is not None else sys.argv[1:])
-    args = parse(argv)
-    device = profiling.bench_device(args.device)
+    argv, args, device = profiling.bench_start(parse, argv)
     if device is None:
         return 2
     if args.threads:

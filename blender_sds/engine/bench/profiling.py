@@ -122,6 +122,14 @@ def machine(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "load_average": load}
 
 
+def bench_start(parse, argv) -> tuple[list[str], object, torch.device | None]:
+    """(the arguments as given, for the figures' command line; them parsed; the --device, or None
+    after saying why it cannot be had): what every benchmark's main does first."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args = parse(argv)
+    return argv, args, bench_device(args.device)
+
+
 def bench_device(preference: str) -> torch.device | None:
     """The device a benchmark's --device names, or None after saying on stderr why it cannot be had."""
     from ..device import pick_device

@@ -41,3 +41,9 @@ class NoisePredictor:
     def unknown(self, names) -> ValueError:
         return ValueError(f"guidance.rule: the {self.settings.kind!r} predictor has no condition "
                           f"{', '.join(repr(n) for n in names)}; it answers {', '.join(CONDITIONS)}")
+
+    def require_known(self, names) -> None:
+        """Refuse a rule that asks for a condition this predictor cannot answer."""
+        extra = [name for name in names if name not in CONDITIONS]
+        if extra:
+            raise self.unknown(extra)

@@ -240,8 +240,8 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
     try:
         artifacts.save_json(out / JOB_FILE, job)
         run = Run(job, out, device, on_event=emit)
-        total = int(job["steps"])
-        output = job["output"]
+        total = run.settings.steps
+        output = run.settings.output
         emit({"type": "start", "steps": total, "start_step": run.step, "device": str(device)})
         emit({"type": "stage", "name": "optimising"})
         loss_sum = torch.zeros((), device=device)

@@ -128,8 +128,7 @@ class PocketPredictor(NoisePredictor):
                 uncond.to(self.device), posed.owner_mask(u_owner, views.size, self.device))
 
     def predict(self, z_t, t, views, names):
-        if set(names) - {"prompt", "uncond"}:
-            raise self.unknown(set(names) - {"prompt", "uncond"})
+        self.require_known(names)
         a = self.alphas_cumprod[t]
         bg = views.background if views.background is not None else torch.ones(z_t.shape[0], 3)
         bg = bg.to(self.device, z_t.dtype)

@@ -73,8 +73,7 @@ class ReferencePredictor(NoisePredictor):
         return images * 2 - 1
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, views: ViewBatch, names):
-        if set(names) - {"prompt", "uncond"}:
-            raise self.unknown(set(names) - {"prompt", "uncond"})
+        self.require_known(names)
         if views.view_index is None or bool((views.view_index < 0).any()):
             raise ValueError("the reference teacher judges only its views' own cameras (cameras.mode 'rig')")
         a = self.alphas_cumprod[t]
