@@ -2,15 +2,19 @@
 
 Both halves need it: the add-on and job validation refuse a prompt the offline teacher
 cannot draw before any worker starts, and the engine's world (`engine/pocket/world.py`)
-renders exactly these colours and shapes.
+renders exactly these colours and shapes. An object may carry a front mark ("a red cube
+with a white front"): a patch of another colour on its -Y side, so it has a front and a
+back and a result can show the front where the back should be (the Janus problem).
 """
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 COLOUR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "white", "purple")
 SHAPE_NAMES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid")
 ARTICLES = ("a", "an", "the", "one")
+MARK_ARTICLES = ("a", "an", "the")
 
 
 class PocketPromptError(ValueError):
@@ -22,23 +26,58 @@ class PocketPromptError(ValueError):
         self.problem = problem
 
 
-def prompt_for(colour: str, shape: str) -> str:
-    return f"a {colour} {shape}"
+class PocketObject(NamedTuple):
+    colour: str
+    shape: str
+    mark: str | None = None  # the front mark's colour; None for a plain object
 
 
-def parse_prompt(prompt: str) -> tuple[str, str]:
-    """'a red cube' -> ('red', 'cube'); case, spacing, an article and a final full stop are free.
+def prompt_for(colour: str, shape: str, mark: str | None = None) -> str:
+    return f"a {colour} {shape}" if mark is None else f"a {colour} {shape} with a {mark} front"
 
-    Anything else raises PocketPromptError (a ValueError) that names the prompt and lists the
-    world's words, because the pocket world knows nothing outside them.
+
+def _words(prompt: str) -> list[str]:
+    words = re.sub(r"[.!]+$", "", prompt.strip().lower()).split()
+    return words[1:] if words and words[0] in ARTICLES else words
+
+
+def _mark_of(rest: list[str]) -> str | None:
+    """The mark's colour from the words after the shape ('with a white front'), or None if they are not that."""
+    if len(rest) == 4 and rest[1] in MARK_ARTICLES:
+        rest = [rest[0]] + rest[2:]
+    if len(rest) == 3 and rest[0] == "with" and rest[1] in COLOUR_NAMES and rest[2] == "front":
+        return rest[1]
+    return None
+
+
+def parse_object(prompt: str) -> PocketObject:
+    """'a red cube with a white front' -> ('red', 'cube', 'white'); 'a red cube' -> ('red', 'cube', None).
+
+    Case, spacing, the articles and a final full stop are free. Anything else raises
+    PocketPromptError (a ValueError) that names the prompt and lists the world's words,
+    because the pocket world knows nothing outside them; so does a mark of the body's own
+    colour, which would be no mark at all.
     """
     if not isinstance(prompt, str):
         raise PocketPromptError(f"the pocket world needs a text prompt, got {prompt!r}")
-    words = re.sub(r"[.!]+$", "", prompt.strip().lower()).split()
-    if words and words[0] in ARTICLES:
-        words = words[1:]
-    if len(words) == 2 and words[0] in COLOUR_NAMES and words[1] in SHAPE_NAMES:
-        return words[0], words[1]
+    words = _words(prompt)
+    if len(words) >= 2 and words[0] in COLOUR_NAMES and words[1] in SHAPE_NAMES:
+        colour, shape = words[0], words[1]
+        if len(words) == 2:
+            return PocketObject(colour, shape)
+        mark = _mark_of(words[2:])
+        if mark == colour:
+            raise PocketPromptError(f"{prompt!r}: the front must differ from the body's colour ({colour}), "
+                                    f"or the mark cannot be seen")
+        if mark is not None:
+            return PocketObject(colour, shape, mark)
     raise PocketPromptError(
-        f"{prompt!r} is not in the pocket world; it knows \"a <colour> <shape>\" with colour one of "
-        f"{', '.join(COLOUR_NAMES)} and shape one of {', '.join(SHAPE_NAMES)} (e.g. \"a red cube\")")
+        f"{prompt!r} is not in the pocket world; it knows \"a <colour> <shape>\" or \"a <colour> <shape> with a "
+        f"<colour> front\" with colour one of {', '.join(COLOUR_NAMES)} and shape one of {', '.join(SHAPE_NAMES)} "
+        f"(e.g. \"a red cube\", \"a red cube with a white front\")")
+
+
+def parse_prompt(prompt: str) -> tuple[str, str]:
+    """(body colour, shape) of a plain or marked prompt: 'a red cube' -> ('red', 'cube')."""
+    colour, shape, _ = parse_object(prompt)
+    return colour, shape

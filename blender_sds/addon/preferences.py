@@ -15,7 +15,7 @@ from .errors import ArtistError
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 PREFS_PATH = "Edit > Preferences > Add-ons > SDS Text to Mesh"
-POCKET_HINT = "prompts 'a <colour> <shape>', e.g. 'a red cube'"
+POCKET_HINT = "prompts 'a <colour> <shape>' or 'a <colour> <shape> with a <colour> front', e.g. 'a red cube'"
 # The judge of a run. The pocket world is offered by name so a first-time user finds a model
 # that works with no download; its vocabulary is the engine's (blender_sds/engine/pocket).
 MODEL_SOURCES = [

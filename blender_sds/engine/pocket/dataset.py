@@ -4,6 +4,10 @@ Nothing is stored on disk: the same (prompt, size, count, seed) always renders t
 views, so a data set is a pure function of its key and a process-wide cache is safe. Each
 view keeps its azimuth and elevation (view-dependent prompting picks data by direction)
 and the sums the teacher's distance expansion needs, computed once here.
+
+A marked object's views are drawn with its plain twin's cameras, lights and shadings, so
+the mark is the only difference between the two sets. `front_bias` draws a set the way a
+photo collection is drawn: more pictures of a thing's front than of its back.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from functools import lru_cache
 
 import torch
 
-from ..scene.directions import direction_index
+from ..scene.directions import FRONT_DEG, direction_index
 from . import world
 from .cameras import Orbit, random_orbits
 
@@ -38,7 +42,7 @@ class ViewSet:
     colour_sq: torch.Tensor  # (N,) |P_i|^2
     colour_alpha: torch.Tensor  # (N,3) P_ic . A_i per channel
     alpha_sq: torch.Tensor  # (N,) |A_i|^2
-    obj: torch.Tensor  # (N,) long, index of the view's object in world.PROMPTS
+    obj: torch.Tensor  # (N,) long, the view's object (world.object_index)
     log_prior: torch.Tensor  # (N,) log weight of each view in the data distribution (up to a constant)
 
     def __len__(self) -> int:
@@ -89,10 +93,20 @@ def scaled_count(count: int, size: int, floor: int) -> int:
     return max(floor, round(count * (REFERENCE_SIZE / size) ** 2))
 
 
+# The biased share is drawn among the front view's cameras (the same bucket as the ", front
+# view" prompt), where the mark fills most of the object; the rest from every other azimuth.
+# Spread over the whole front half instead (0.8 of the data), the mark's colour came back
+# smeared at a quarter strength on every side, neither kept nor copied (docs/QUALITY.md "Janus").
+FRONT_AZIMUTH = (-FRONT_DEG, FRONT_DEG)
+BACK_AZIMUTH = (FRONT_DEG, 360.0 - FRONT_DEG)
+BIAS_MARGIN = 2.0  # degrees kept clear of +-45, so the cameras' jitter cannot carry one into the other part
+
+
 @lru_cache(maxsize=8)
-def object_views(prompt: str, size: int, count: int = COND_VIEWS, seed: int = 0, supersample: int = 2) -> ViewSet:
+def object_views(prompt: str, size: int, count: int = COND_VIEWS, seed: int = 0, supersample: int = 2,
+                 front_bias: float | None = None) -> ViewSet:
     """`count` views of one prompt's object from random orbit cameras (engine default ranges), cached."""
-    return render_views(prompt, size, count, seed, supersample)
+    return render_views(prompt, size, count, seed, supersample, front_bias)
 
 
 @contextmanager
@@ -106,18 +120,38 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def render_views(prompt: str, size: int, count: int, seed: int = 0, supersample: int = 2) -> ViewSet:
-    colour, shape = world.parse_prompt(prompt)
+def biased_orbits(count: int, front_bias: float | None, seed: int) -> Orbit:
+    """Orbit cameras, `round(count * front_bias)` of them seeing the front (|azimuth| < 45), the rest elsewhere.
+
+    A photo collection's front bias: people photograph a thing's front far more often than
+    its back, and a model trained on such photos learns that bias. None draws over the
+    whole circle, as the engine does (and as every set was drawn before the bias existed).
+    """
+    if front_bias is None:
+        return random_orbits(count, seed)
+    if not 0.0 <= front_bias <= 1.0:
+        raise ValueError(f"front_bias: must be in [0, 1] or None, got {front_bias!r}")
+    front_bias = float(front_bias)  # 1 and 1.0 draw the same cameras (and share a cache entry)
+    front = round(count * front_bias)
+    parts = [random_orbits(n, seed_of(seed, half, front_bias), azimuth=(lo + BIAS_MARGIN, hi - BIAS_MARGIN))
+             for n, half, (lo, hi) in ((front, "front", FRONT_AZIMUTH), (count - front, "back", BACK_AZIMUTH))
+             if n > 0]
+    return Orbit(*(torch.cat([getattr(o, k) for o in parts]) for k in ("eye", "target", "up", "fovy")))
+
+
+def render_views(prompt: str, size: int, count: int, seed: int = 0, supersample: int = 2,
+                 front_bias: float | None = None) -> ViewSet:
+    colour, shape, _ = world.parse_object(prompt)
     key = (colour, shape, size, count, seed)
-    orbit = random_orbits(count, seed_of("cameras", *key))
+    orbit = biased_orbits(count, front_bias, seed_of("cameras", *key))
     lights = world.random_lights(orbit, seed_of("lights", *key))
     g = torch.Generator().manual_seed(seed_of("shading", *key))
     flat = torch.rand(count, generator=g) < ALBEDO_FRACTION
     shading = ["albedo" if f else "lambertian" for f in flat.tolist()]
     with one_thread():
-        rgba = world.render(shape, world.COLOURS[colour], orbit, size, shading, lights, supersample)
-        obj = world.PROMPTS.index(world.prompt_for(colour, shape))
-        return ViewSet.from_rgba(rgba, orbit, obj)
+        rgba = world.render(shape, world.COLOURS[colour], orbit, size, shading, lights, supersample,
+                            mark=world.mark_srgb(prompt))
+        return ViewSet.from_rgba(rgba, orbit, world.object_index(prompt))
 
 
 @lru_cache(maxsize=2)

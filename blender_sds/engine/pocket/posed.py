@@ -44,11 +44,12 @@ def _draw(orbit: Orbit, per_view: int, generator: torch.Generator):
 def object_views(prompt: str, orbit: Orbit, size: int, generator: torch.Generator,
                  per_view: int = CONDITIONAL_PER_VIEW) -> tuple[ViewSet, torch.Tensor]:
     """(data, owner): `per_view` renders of the prompt's object at each camera; owner[i] is datum i's camera."""
-    colour, shape = world.parse_prompt(prompt)
+    colour, shape, _ = world.parse_object(prompt)
     cameras, lights, shading, owner = _draw(orbit, per_view, generator)
     with one_thread():
-        rgba = world.render(shape, world.COLOURS[colour], orbit, size, shading, lights, copies=per_view)
-    return ViewSet.from_rgba(rgba, cameras, world.PROMPTS.index(world.prompt_for(colour, shape))), owner
+        rgba = world.render(shape, world.COLOURS[colour], orbit, size, shading, lights, copies=per_view,
+                            mark=world.mark_srgb(prompt))
+    return ViewSet.from_rgba(rgba, cameras, world.object_index(prompt)), owner
 
 
 def world_views(orbit: Orbit, size: int, generator: torch.Generator,
@@ -67,7 +68,7 @@ def world_views(orbit: Orbit, size: int, generator: torch.Generator,
         rgb = white[None, :, :3] * tints[:, None, :, None, None]  # (colours, N, 3, S, S)
         images.append(torch.cat((rgb, white[None, :, 3:].expand(len(tints), -1, -1, -1, -1)), 2).flatten(0, 1))
         owners += [owner] * len(tints)
-        objects += [world.PROMPTS.index(world.prompt_for(c, shape)) for c in world.COLOUR_NAMES]
+        objects += [world.object_index(world.prompt_for(c, shape)) for c in world.COLOUR_NAMES]
     owner = torch.cat(owners)
     index = torch.cat([torch.full((len(o),), k) for k, o in enumerate(owners)])
     data = ViewSet.from_rgba(torch.cat(images), orbit.subset(owner), 0)

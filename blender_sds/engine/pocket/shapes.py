@@ -42,6 +42,17 @@ class Shape:
     def area(self) -> float:
         raise NotImplementedError
 
+    def surface_normals(self, points: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """Outward unit normals (N,3) at surface points: the level's gradient by central differences.
+
+        One rule for every shape, so samples and meshes get their normals without a
+        per-shape formula; on an edge (measure zero) it is a blend of the faces' normals.
+        """
+        p = points.double()
+        steps = eps * torch.eye(3, dtype=torch.float64)
+        grad = torch.stack([self.level(p + s) - self.level(p - s) for s in steps], -1)
+        return _normalise(grad)
+
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -11,13 +11,19 @@ Shading follows the engine's lit modes in form (not code): sRGB albedo times
 noise; a quarter of the teacher's views are flat albedo, because the engine renders flat
 albedo for its first steps and a quarter of the time after. Renders are premultiplied
 RGB + alpha, so any solid background can be composited later.
+
+A marked object ("a red cube with a white front") wears its mark colour where its surface
+faces the front (`is_marked`), so it has a front and a back, as the Janus problem needs.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
-from ...pocket_words import COLOUR_NAMES, SHAPE_NAMES, PocketPromptError, parse_prompt, prompt_for  # noqa: F401 (re-exported)
+from ...pocket_words import (COLOUR_NAMES, SHAPE_NAMES, PocketObject, PocketPromptError,  # noqa: F401 (re-exported)
+                             parse_object, parse_prompt, prompt_for)
 from ..scene.colour import srgb_to_linear
 from .cameras import Orbit, pixel_rays
 from .shapes import EXTENT, SHAPES, Shape
@@ -41,7 +47,34 @@ DEFAULT_BOUNDS = {"center": (0.0, 0.0, 0.0), "size": 2.0}
 SHADINGS = ("lambertian", "albedo", "textureless")
 BOUNDING_RADIUS = EXTENT * 3**0.5 + 1e-6  # every shape lies within [-EXTENT, EXTENT]^3
 
+# The front mark: surface facing within MARK_HALF_ANGLE of the front (-Y, Blender's Front
+# view) on the front half (p_y < 0, which keeps the torus's inner far side plain). At 40
+# degrees every mark normal turns more than 90 degrees (135 - 40) away from any view within
+# 45 degrees of the back, so those views see none of the true mark on any shape (janus.py
+# measures exactly 0 from 15 degrees up), and a back view that shows it shows a copy.
+MARK_HALF_ANGLE = 40.0
+MARK_COS = math.cos(math.radians(MARK_HALF_ANGLE))
+
+# The unconditional world is the plain objects; marked ones are indexed after them (`object_index`).
 PROMPTS: tuple[str, ...] = tuple(prompt_for(c, s) for s in SHAPE_NAMES for c in COLOUR_NAMES)
+MARKED_PROMPTS: tuple[str, ...] = tuple(prompt_for(c, s, m) for s in SHAPE_NAMES for c in COLOUR_NAMES
+                                        for m in COLOUR_NAMES if m != c)
+
+
+def object_index(prompt: str) -> int:
+    """A ViewSet's `obj` for a prompt: PROMPTS.index for a plain one, len(PROMPTS) + k for a marked one."""
+    canonical = prompt_for(*parse_object(prompt))
+    if canonical in PROMPTS:
+        return PROMPTS.index(canonical)
+    return len(PROMPTS) + MARKED_PROMPTS.index(canonical)
+
+
+def is_marked(points, normals):
+    """Which surface points (..,3) in unit coordinates, with outward unit normals (..,3), wear the mark.
+
+    One predicate for renders (torch), truth samples and meshes (numpy), so all agree on the mark.
+    """
+    return (-normals[..., 1] > MARK_COS) & (points[..., 1] < 0)
 
 
 def shape_of(prompt: str) -> Shape:
@@ -52,9 +85,26 @@ def albedo_srgb(prompt: str) -> np.ndarray:
     return np.array(COLOURS[parse_prompt(prompt)[0]], dtype=np.float64)
 
 
+def mark_srgb(prompt: str) -> np.ndarray | None:
+    """The front mark's sRGB albedo (3,), or None for a plain prompt."""
+    mark = parse_object(prompt).mark
+    return None if mark is None else np.array(COLOURS[mark], dtype=np.float64)
+
+
 def truth_colour(prompt: str) -> np.ndarray:
-    """The object's albedo in linear RGB (3,), as mesh vertex colours store it."""
+    """The object's (body) albedo in linear RGB (3,), as mesh vertex colours store it."""
     return np.asarray(srgb_to_linear(albedo_srgb(prompt)), dtype=np.float64)
+
+
+def surface_colour(prompt: str, points_unit, normals) -> np.ndarray:
+    """The true linear albedo (N,3) at surface points (unit coordinates) with outward normals: mark where marked."""
+    body = truth_colour(prompt)
+    colours = np.tile(body, (len(points_unit), 1))
+    mark = mark_srgb(prompt)
+    if mark is not None:
+        marked = is_marked(np.asarray(points_unit), np.asarray(normals))
+        colours[marked] = np.asarray(srgb_to_linear(mark), dtype=np.float64)
+    return colours
 
 
 def to_world(points_unit, bounds: dict | None = None) -> np.ndarray:
@@ -74,6 +124,15 @@ def truth_points(prompt: str, n: int, bounds: dict | None = None, seed: int = 0)
     return to_world(shape_of(prompt).sample(int(n), g).numpy(), bounds)
 
 
+def truth_samples(prompt: str, n: int, bounds: dict | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n,3) world units, linear albedo (n,3)): `truth_points` with each point's true colour."""
+    g = torch.Generator().manual_seed(int(seed))
+    shape = shape_of(prompt)
+    unit = shape.sample(int(n), g)
+    colours = surface_colour(prompt, unit.numpy(), shape.surface_normals(unit).numpy())
+    return to_world(unit.numpy(), bounds), colours
+
+
 def random_lights(orbit: Orbit, seed: int) -> torch.Tensor:
     """Point lights (N,3) near each camera: direction jittered by LIGHT_NOISE, distance scaled."""
     g = torch.Generator().manual_seed(int(seed))
@@ -88,10 +147,11 @@ def random_lights(orbit: Orbit, seed: int) -> torch.Tensor:
 
 def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambertian", lights=None,
            supersample: int = 2, chunk: int = 64, ambient: float = AMBIENT, diffuse: float = DIFFUSE,
-           copies: int = 1) -> torch.Tensor:
+           copies: int = 1, mark=None) -> torch.Tensor:
     """Premultiplied RGBA renders (N*copies,4,size,size) float32 of one object in unit coordinates.
 
-    `albedo` is sRGB (3,); `shading` is one name of SHADINGS or a list of one per render;
+    `albedo` is sRGB (3,), and `mark` the front mark's sRGB (3,) where `is_marked` (None:
+    a plain object); `shading` is one name of SHADINGS or a list of one per render;
     `lights` (N*copies,3) point-light positions (unit coordinates) for lit renders. Each
     camera is rendered `copies` times in a row (render i*copies + c), each copy with its own
     shading and light, from one ray cast: the hits do not depend on the light. Each pixel
@@ -107,6 +167,7 @@ def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambert
     if lights is None and any(m != "albedo" for m in modes):
         raise ValueError("lights: lit shading needs a light position per render")
     albedo = torch.as_tensor(np.asarray(albedo, dtype=np.float32))
+    mark = None if mark is None else torch.as_tensor(np.asarray(mark, dtype=np.float32))
     lit_code = torch.tensor([SHADINGS.index(m) for m in modes])
     lights = None if lights is None else lights.float()
     out = torch.empty(total, 4, size, size, dtype=torch.float32)
@@ -120,6 +181,7 @@ def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambert
         t, normal = shape.intersect(o, d)
         hit = torch.isfinite(t)
         p = o + torch.where(hit, t, torch.zeros_like(t))[:, None] * d
+        surface = albedo if mark is None else torch.where(is_marked(p, normal)[:, None], mark, albedo)
         for copy in range(copies):
             view = camera * copies + copy
             code = lit_code[view][:, None]
@@ -129,8 +191,8 @@ def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambert
                 lit = ambient + diffuse * (normal * to_light).sum(-1, keepdim=True).clamp_min(0)
             else:
                 lit = torch.ones_like(t)[:, None]
-            colour = torch.where(code == SHADINGS.index("textureless"), torch.ones_like(albedo), albedo)
-            rgb = torch.where(code == SHADINGS.index("albedo"), albedo.expand_as(p), lit * colour)
+            colour = torch.where(code == SHADINGS.index("textureless"), torch.ones_like(surface), surface)
+            rgb = torch.where(code == SHADINGS.index("albedo"), surface.expand_as(p), lit * colour)
             rgba = torch.zeros((stop - start) * s * s, 4)
             rgba[pixel] = torch.cat((rgb * hit[:, None], hit[:, None].to(rgb)), -1)
             rgba = rgba.view(stop - start, size, supersample, size, supersample, 4).mean(dim=(2, 4))
@@ -140,8 +202,8 @@ def render(shape: Shape | str, albedo, orbit: Orbit, size: int, shading="lambert
 
 def render_prompt(prompt: str, orbit: Orbit, size: int, shading="lambertian", lights=None,
                   supersample: int = 2) -> torch.Tensor:
-    colour, shape = parse_prompt(prompt)
-    return render(shape, COLOURS[colour], orbit, size, shading, lights, supersample)
+    return render(shape_of(prompt), albedo_srgb(prompt), orbit, size, shading, lights, supersample,
+                  mark=mark_srgb(prompt))
 
 
 def composite(rgba: torch.Tensor, background) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage import measure
 
-from blender_sds.engine.pocket import metrics, shapes, world
+from blender_sds.engine.pocket import janus, metrics, shapes, world
 from blender_sds.engine.pocket.cameras import fixed_orbits
 from blender_sds.engine.pocket.raster import rasterise
 
@@ -108,3 +108,21 @@ def test_bad_meshes_are_refused_by_name():
     with pytest.raises(ValueError, match="mesh: missing 'faces'"):
         metrics.judge({"vertices": np.zeros((3, 3))}, "a red cube")
     assert math.isnan(metrics.r_precision([])[0])
+
+
+@pytest.mark.parametrize("prompt", ["a red cube with a white front", "a white pyramid with a yellow front",
+                                    "a blue torus with a green front", "a purple cone with a red front"])
+def test_marked_truth_meshes_are_recognised_by_their_body_colour(prompt):
+    mesh = janus.truth_mesh(prompt, BOUNDS)
+    judged = metrics.judge(mesh, prompt, BOUNDS)
+    assert judged["shape_ok"] and judged["colour_ok"], judged
+    assert judged["chamfer"] < 0.006 and judged["colour_error"] < 0.006  # blended only along the mark's edge
+
+
+def test_colour_error_of_a_marked_prompt_counts_a_missing_mark():
+    prompt = "a red cube with a white front"
+    unmarked = truth_mesh("a red cube")
+    white, red = world.truth_colour("a white cube"), world.truth_colour("a red cube")
+    expected = np.abs(white - red).mean() / 6  # the front face is a sixth of the cube
+    assert metrics.colour_error(unmarked, prompt, bounds=BOUNDS) == pytest.approx(expected, rel=0.05)
+    assert metrics.colour_error(unmarked, "a red cube", bounds=BOUNDS) < 1e-6

@@ -172,3 +172,104 @@ def test_renders_are_premultiplied_and_lit_from_the_light():
     assert float(flat[0, 1, 16, 16]) == pytest.approx(world.COLOURS["green"][1], rel=1e-6)
     composed = world.composite(flat, (1.0, 0.0, 0.0))
     assert float(composed[0, 0, 0, 0]) == 1.0 and float(composed[0, 1, 16, 16]) == pytest.approx(0.70, rel=1e-6)
+
+
+# -- marked objects: a front the Janus measure can look for ------------------------------------
+
+def test_marked_prompts_round_trip_and_keep_the_plain_parse():
+    assert len(world.MARKED_PROMPTS) == len(set(world.MARKED_PROMPTS)) == len(world.PROMPTS) * 5
+    for prompt in world.MARKED_PROMPTS:
+        obj = world.parse_object(prompt)
+        assert world.prompt_for(*obj) == prompt and obj.mark not in (None, obj.colour)
+        assert world.parse_prompt(prompt) == (obj.colour, obj.shape)
+    for prompt in world.PROMPTS:
+        assert world.parse_object(prompt) == world.PocketObject(*world.parse_prompt(prompt), None)
+    assert world.prompt_for("red", "cube", "white") == "a red cube with a white front"
+
+
+@pytest.mark.parametrize("text", ["a red cube with a white front", "  A Red Cube With The White Front. ",
+                                  "red cube with an white front", "the red cube with white front!"])
+def test_parse_object_takes_the_marked_form_freely(text):
+    assert world.parse_object(text) == ("red", "cube", "white")
+
+
+def test_a_mark_of_the_body_colour_is_refused_by_name():
+    with pytest.raises(world.PocketPromptError) as info:
+        world.parse_object("a red cube with a red front")
+    assert str(info.value).startswith("prompt: 'a red cube with a red front'") and "differ" in info.value.problem
+
+
+@pytest.mark.parametrize("text", ["a red cube with a orange front", "a red cube with a white back",
+                                  "a red cube with a white front please", "a red cube with white", "a red cube with"])
+def test_unknown_marked_words_name_both_forms(text):
+    with pytest.raises(ValueError) as info:
+        world.parse_object(text)
+    message = str(info.value)
+    assert repr(text) in message and "a <colour> <shape>" in message and "with a <colour> front" in message
+
+
+def test_object_index_keeps_plain_indices_and_gives_marked_objects_their_own():
+    assert [world.object_index(p) for p in world.PROMPTS] == list(range(len(world.PROMPTS)))
+    marked = [world.object_index(p) for p in world.MARKED_PROMPTS]
+    assert min(marked) == len(world.PROMPTS) and len(set(marked)) == len(marked)
+    same = world.object_index("a red cube with a white front")
+    assert world.object_index("The red cube with the white front.") == same
+
+
+def test_the_mark_is_the_front_facing_front_half():
+    cos = math.cos(math.radians(world.MARK_HALF_ANGLE))
+    points = np.array([[0, -0.3, 0], [0, -0.3, 0.1], [0, 0.1, 0], [0, -0.3, 0], [0, -0.3, 0]])
+    normals = np.array([[0, -1, 0], [0, -0.906, 0.423], [0, -1, 0], [0, 0, 1],
+                        [math.sin(math.acos(cos)) * 1.01, -cos * 0.99, 0]])
+    assert world.is_marked(points, normals).tolist() == [True, True, False, False, False]
+    assert torch.equal(world.is_marked(torch.from_numpy(points), torch.from_numpy(normals)),
+                       torch.tensor([True, True, False, False, False]))
+    # The torus's inner far side faces the front but lies behind the centre: plain.
+    torus = shapes.SHAPES["torus"]
+    inner_far = torch.tensor([[0.0, torus.major - torus.minor, 0.0]], dtype=torch.float64)
+    assert torus.level(inner_far).abs().max() < 1e-12
+    assert not world.is_marked(inner_far, torus.surface_normals(inner_far)).any()
+
+
+@pytest.mark.parametrize("name", list(shapes.SHAPES))
+def test_level_normals_are_outward_and_agree_with_the_ray_normals(name):
+    shape = shapes.SHAPES[name]
+    g = torch.Generator().manual_seed(1)
+    origins = torch.nn.functional.normalize(torch.randn(2000, 3, generator=g, dtype=torch.float64), dim=-1) * 1.7
+    t, normal = shape.intersect(origins, torch.nn.functional.normalize(-origins, dim=-1))
+    hit = torch.isfinite(t)
+    points = origins[hit] - t[hit, None] * torch.nn.functional.normalize(origins[hit], dim=-1)
+    agree = (shape.surface_normals(points) * normal[hit]).sum(-1)
+    assert (agree > 0.999).float().mean() > 0.99  # all but a few edge hits
+    marked = world.is_marked(points, normal[hit])
+    assert 0 < marked.float().mean() < 0.5  # every shape has a front patch, a minority of what is seen
+
+
+def test_a_marked_cube_shows_its_mark_from_the_front_and_none_from_the_back():
+    orbit = fixed_orbits([0.0, 180.0], [15.0, 15.0], 1.6, 45.0)
+    flat = world.render_prompt("a red cube with a white front", orbit, 32, "albedo", supersample=1)
+    white, red = torch.tensor(world.COLOURS["white"]), torch.tensor(world.COLOURS["red"])
+    rgb = flat[:, :3].permute(0, 2, 3, 1)
+    is_white = (rgb - white).abs().max(-1).values < 1e-6
+    is_red = (rgb - red).abs().max(-1).values < 1e-6
+    covered = flat[:, 3] > 0.5
+    assert is_white[0, 16, 16] and is_white[0].sum() > 0.8 * covered[0].sum()  # the front face fills the view
+    assert is_white[1].sum() == 0 and is_red[1].sum() == covered[1].sum()
+    # Lit renders scale the mark's albedo; textureless ignores both colours.
+    lit = world.render_prompt("a red cube with a white front", orbit, 32, "lambertian", orbit.positions())
+    assert float(lit[0, 0, 16, 16]) == pytest.approx(float(lit[0, 2, 16, 16]), rel=1e-5)
+    grey = world.render_prompt("a red cube with a white front", orbit, 32, "textureless", orbit.positions())
+    plain = world.render_prompt("a red cube", orbit, 32, "textureless", orbit.positions())
+    assert torch.equal(grey, plain)
+    assert torch.equal(world.render_prompt("a red cube", orbit, 32, "albedo"),
+                       world.render("cube", world.COLOURS["red"], orbit, 32, "albedo"))
+
+
+def test_truth_samples_wear_the_mark_on_its_share_of_the_surface():
+    points, colours = world.truth_samples("a blue cube with a yellow front", 6000, seed=0)
+    assert np.array_equal(points, world.truth_points("a blue cube with a yellow front", 6000, seed=0))
+    yellow = np.all(np.isclose(colours, srgb_to_linear(np.array(world.COLOURS["yellow"]))), axis=1)
+    assert yellow.mean() == pytest.approx(1 / 6, abs=0.015)
+    assert np.allclose(world.to_unit(points)[yellow, 1], -shapes.SHAPES["cube"].half)
+    _, plain = world.truth_samples("a blue cube", 100, seed=0)
+    assert np.allclose(plain, world.truth_colour("a blue cube"))
