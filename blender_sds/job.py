@@ -36,7 +36,12 @@ _MISSING = object()
 _TOP_KEYS = ("version", "prompt", "negative_prompt", "seed", "preset", "steps", "bounds", "guidance",
              "cameras", "render", "optim", "init", "mesh", "output")
 _GUIDANCE_KEYS = ("kind", "rule", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
-                  "view_dependent", "dtype", "low_vram", "cuda_graphs", "views", "pose_matched")
+                  "view_dependent", "dtype", "low_vram", "cuda_graphs", "views", "pose_matched", "perp_neg",
+                  "front_bias")
+# Perp-Neg's negative weights w = -(a exp(-b r) + c) per pair of directions (threestudio's defaults):
+# front-side, side-front, side-back and front-side-back, r the camera's place between the two.
+PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_sb": [1.0, 0.5, -0.606],
+                    "f_fsb": [1.0, 0.5, 0.967]}
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
 
 
@@ -365,9 +370,16 @@ def _guidance(raw, base_dir) -> dict:
                                              f"got {_describe(views)}")
         views = []
 
+    # A text kind starts from the default method's rule and view prompts; the others from plain SDS.
+    start = kinds.method(kinds.DEFAULT_METHOD).guidance if spec.text else {"rule": kinds.DEFAULT_RULE,
+                                                                           "view_dependent": False}
+    rule = _choice(g.get("rule", start["rule"]), "guidance.rule", kinds.rule_names(), "rule")
+    view_dependent = _bool(g.get("view_dependent", start["view_dependent"]), "guidance.view_dependent")
+    _rule_fits(kinds.rule(rule), spec, view_dependent)
+    pose_matched = _pose_matched(g.get("pose_matched", bool(spec.pose_matched)), spec)
     return {
         "kind": kind,
-        "rule": _choice(g.get("rule", kinds.DEFAULT_RULE), "guidance.rule", kinds.rule_names(), "rule"),
+        "rule": rule,
         "model": model,
         "config": config,
         "scale": _number(g.get("scale", spec.scale), "guidance.scale", gt=0),
@@ -377,14 +389,58 @@ def _guidance(raw, base_dir) -> dict:
         "weighting": _choice(g.get("weighting", "sds"), "guidance.weighting", ("sds", "uniform", "fantasia3d"),
                              "weighting"),
         "grad_clip": _grad_clip(g.get("grad_clip"), "guidance.grad_clip"),
-        "view_dependent": _bool(g.get("view_dependent", spec.text), "guidance.view_dependent"),
+        "view_dependent": view_dependent,
         "dtype": _choice(g.get("dtype", "auto"), "guidance.dtype", ("auto", "float16", "float32"), "dtype"),
         "low_vram": _bool(g.get("low_vram", False), "guidance.low_vram"),
         # Replay the judge from CUDA graphs (on CUDA without low_vram; elsewhere it changes nothing).
         "cuda_graphs": _bool(g.get("cuda_graphs", True), "guidance.cuda_graphs"),
         "views": views,
-        "pose_matched": _pose_matched(g.get("pose_matched", bool(spec.pose_matched)), spec),
+        "pose_matched": pose_matched,
+        "perp_neg": _perp_neg(g.get("perp_neg"), rule),
+        "front_bias": _front_bias(g.get("front_bias"), spec, pose_matched),
     }
+
+
+def _rule_fits(rule: kinds.RuleSpec, spec: kinds.KindSpec, view_dependent: bool) -> None:
+    """A rule that works on the direction prompts needs a text-prompted kind that uses them."""
+    if not rule.view_prompts:
+        return
+    if not spec.text:
+        raise JobError("guidance.rule", f"{rule.name!r} mixes the prompt's direction prompts, and guidance kind "
+                                        f"{spec.name!r} has no prompt; use 'sds'")
+    if not view_dependent:
+        raise JobError("guidance.view_dependent", f"guidance.rule {rule.name!r} needs the view-dependent prompts "
+                                                  "(its positive and negatives are them): true, or leave it out; "
+                                                  "got false")
+
+
+def _perp_neg(value, rule: str) -> dict | None:
+    """Perp-Neg's weights; None under any other rule (so a normalised job validates again as it is)."""
+    if rule != "perp-neg" and value is None:
+        return None
+    if value is None:
+        return copy.deepcopy(PERP_NEG_WEIGHTS)
+    if rule != "perp-neg":
+        raise JobError("guidance.perp_neg", f"only for guidance.rule 'perp-neg', not {rule!r}; got {_describe(value)}")
+    given = _object(value, "guidance.perp_neg", tuple(PERP_NEG_WEIGHTS))
+    return {name: _numbers(given.get(name, default), f"guidance.perp_neg.{name}", 3)
+            for name, default in PERP_NEG_WEIGHTS.items()}
+
+
+def _front_bias(value, spec: kinds.KindSpec, pose_matched: bool) -> float | None:
+    """The camera-blind teacher's share of data whose camera sees an object's front (its photo-collection
+    bias); None where unused (pose-matched, or another kind), so a normalised job validates again as it is."""
+    if value is None:
+        return None if pose_matched else spec.front_bias
+    if spec.front_bias is None:
+        takers = ", ".join(repr(n) for n in kinds.kind_names() if kinds.kind(n).front_bias is not None)
+        raise JobError("guidance.front_bias", f"only for guidance kind {takers}, not {spec.name!r}; "
+                                              f"got {_describe(value)}")
+    if pose_matched:
+        raise JobError("guidance.front_bias", "only for the camera-blind teacher (guidance.pose_matched false): "
+                                              "a pose-matched teacher renders its data at the judged camera; "
+                                              f"got {_describe(value)}")
+    return _number(value, "guidance.front_bias", ge=0, le=1)
 
 
 def _pose_matched(value, spec: kinds.KindSpec) -> bool:

@@ -1,4 +1,4 @@
-"""The registry of judges: guidance kinds and score-distillation rules, by name (stdlib only).
+"""The registry of judges: guidance kinds, score-distillation rules and the methods built on them, by name (stdlib only).
 
 Both halves read it. The job contract (job.py) takes a kind's names and defaults from
 here and nowhere else; the engine imports the implementation a spec names ("module:Class")
@@ -31,6 +31,7 @@ class KindSpec:
     target_jitter: float = 0.05  # default cameras.jitter.target, in bounds sizes
     presets: dict | None = None  # its own preset table (same names as job.PRESETS); None: the shared one
     check_prompt: Callable[[str], str | None] | None = None  # the problem with a prompt it cannot draw, or None
+    front_bias: float | None = None  # guidance.front_bias's default; None: the kind has no such option
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,29 @@ class RuleSpec:
     name: str
     rule: str  # "module:Class" of the engine's rule; imported by the engine only
     summary: str = ""
+    view_prompts: bool = False  # needs the direction prompts: text kinds with guidance.view_dependent on
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A named remedy an artist picks (the add-on's Method): a rule and the guidance keys it goes with.
+
+    `guidance` holds job keys (docs/JOB.md), so a method is nothing the job cannot say itself.
+    """
+
+    name: str
+    label: str
+    summary: str  # one line: what it does and what it costs (the add-on's tooltip)
+    guidance: dict
 
 
 _KINDS: dict[str, KindSpec] = {}
 _RULES: dict[str, RuleSpec] = {}
+_METHODS: dict[str, MethodSpec] = {}
 DEFAULT_RULE = "sds"
+# The method text-prompted jobs and the add-on's Method choice start from: the measured best
+# of `bench janus` (docs/QUALITY.md "Janus").
+DEFAULT_METHOD = "view-prompts"
 
 
 def register_kind(spec: KindSpec) -> KindSpec:
@@ -59,10 +78,16 @@ def register_rule(spec: RuleSpec) -> RuleSpec:
     return spec
 
 
+def register_method(spec: MethodSpec) -> MethodSpec:
+    _METHODS[spec.name] = spec
+    return spec
+
+
 def unregister(name: str) -> None:
-    """Forget a kind or rule (tests that register their own clean up with this)."""
+    """Forget a kind, rule or method (tests that register their own clean up with this)."""
     _KINDS.pop(name, None)
     _RULES.pop(name, None)
+    _METHODS.pop(name, None)
 
 
 def kind_names() -> tuple[str, ...]:
@@ -71,6 +96,14 @@ def kind_names() -> tuple[str, ...]:
 
 def rule_names() -> tuple[str, ...]:
     return tuple(_RULES)
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(_METHODS)
+
+
+def method(name: str) -> MethodSpec:
+    return _METHODS[name]
 
 
 def kind(name: str) -> KindSpec:

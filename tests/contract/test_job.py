@@ -269,6 +269,8 @@ def _doc_keys() -> dict[str, set[str]]:
         if head:
             current = head.group(1) or {"Top level": "top", "Camera record": "camera"}[head.group(2)]
             sections[current] = set()
+        elif line.startswith("## "):
+            current = None  # a section that lists no keys (e.g. "Guidance methods")
         elif current and line.startswith("| `"):
             first_cell = line.split("|")[1]
             sections[current].update(re.findall(r"`(\w+)`", first_cell))

@@ -1,19 +1,45 @@
 """What predicts noise: a diffusion model seen through one interface, whatever its kind.
 
 A predictor says how images become its sample space (`encode`) and, for a noisy sample and
-a timestep, returns one noise prediction per named condition it is asked for ("prompt":
-the prompt, per camera direction when view-dependent; "uncond": the negative or empty
-prompt). How those predictions become a gradient is a rule's business (rules/), so a rule
-that needs more conditions (Perp-Neg's negatives) or none of CFG's pair asks for them by name.
+a timestep, returns one noise prediction per condition it is asked for ("prompt": the
+prompt, per camera direction when view-dependent; "uncond": the negative or empty prompt;
+a `Blend` of the direction prompts). How those predictions become a gradient is a rule's
+business (rules/), so a rule that needs more conditions (Perp-Neg's negatives) or none of
+CFG's pair asks for them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..scene.directions import DIRECTIONS
 from ..scene.views import ViewBatch
 from ..settings import GuidanceSettings
 
 CONDITIONS = ("prompt", "uncond")  # the names every predictor answers
+
+
+@dataclass(frozen=True, eq=False)
+class Blend:
+    """A condition between the direction prompts ("<prompt>, front view", ...): per judged camera,
+    weights (B, len(DIRECTIONS)) over scene.directions.DIRECTIONS, summing to 1.
+
+    Text models mix the prompts' embeddings (threestudio's Perp-Neg interpolates them so); a
+    closed-form teacher mixes its direction buckets' data. One-hot rows are plain direction
+    prompts. Its prediction comes back under `name`.
+    """
+
+    name: str
+    weights: torch.Tensor
+
+    @staticmethod
+    def one_hot(name: str, index: torch.Tensor) -> "Blend":
+        return Blend(name, torch.nn.functional.one_hot(index.long(), len(DIRECTIONS)).float())
+
+
+def condition_name(condition) -> str:
+    return condition.name if isinstance(condition, Blend) else condition
 
 
 class NoisePredictor:
@@ -33,17 +59,20 @@ class NoisePredictor:
         """Images (B,3,H,W) in [0,1] -> samples z, differentiably."""
         raise NotImplementedError
 
+    answers_blends = False  # it can mix the direction prompts (text kinds, the pocket teacher)
+
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, views: ViewBatch,
-                names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """{name: eps} for each asked condition; called under no_grad."""
+                names: tuple) -> dict[str, torch.Tensor]:
+        """{name: eps} for each asked condition (a name of CONDITIONS or a Blend); called under no_grad."""
         raise NotImplementedError
 
     def unknown(self, names) -> ValueError:
+        answers = ", ".join(CONDITIONS) + (" and blends of the direction prompts" if self.answers_blends else "")
         return ValueError(f"guidance.rule: the {self.settings.kind!r} predictor has no condition "
-                          f"{', '.join(repr(n) for n in names)}; it answers {', '.join(CONDITIONS)}")
+                          f"{', '.join(repr(condition_name(n)) for n in names)}; it answers {answers}")
 
     def require_known(self, names) -> None:
         """Refuse a rule that asks for a condition this predictor cannot answer."""
-        extra = [name for name in names if name not in CONDITIONS]
+        extra = [n for n in names if not (n in CONDITIONS if isinstance(n, str) else self.answers_blends)]
         if extra:
             raise self.unknown(extra)

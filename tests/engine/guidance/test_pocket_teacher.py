@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from blender_sds.engine.guidance import build_guidance
-from blender_sds.engine.scene.directions import direction_index
+from blender_sds.engine.guidance.predictor import Blend
+from blender_sds.engine.scene.directions import DIRECTIONS, direction_index
 from blender_sds.engine.pocket import dataset, world
 from blender_sds.engine.guidance.teachers.closed_form import epsilon, posterior_mean, scaled_linear_alphas_cumprod
 from blender_sds.engine.guidance.teachers.pocket import FRAMING_MINIMUM, FRAMING_WIDTH, PocketPredictor
@@ -195,3 +196,64 @@ def test_full_sds_call_through_the_factory():
     out = guidance(images, views_for([0.0, 90.0], [10.0, 10.0], torch.rand(2, 3)), step=3, total_steps=100)
     out.loss.backward()
     assert torch.isfinite(out.loss) and images.grad.abs().sum() > 0
+
+
+# -- marked objects, their front bias, and blends of direction prompts (Perp-Neg) -------------
+
+@pytest.fixture(scope="module")
+def marked_teacher():
+    job = tiny_job(prompt="a red cube with a white front")
+    return PocketPredictor(guidance_settings(job), "cpu", cond_views=40, world_views=2)
+
+
+def test_marked_data_are_front_biased_and_wear_the_mark(marked_teacher):
+    cond = marked_teacher.cond
+    front = direction_index(cond.azimuth, cond.elevation) == DIRECTIONS.index("front")
+    assert float(front.double().mean()) == round(40 * 0.8) / 40  # guidance.front_bias's default
+    assert int(cond.obj[0]) == world.object_index("a red cube with a white front")
+    assert marked_teacher.object == "a red cube with a white front"
+
+
+def test_a_blend_of_directions_is_the_mixture_of_their_buckets(marked_teacher):
+    """x0 under a Blend is the posterior mean of the mixture sum_d w_d p(x | bucket d), each bucket
+    uniform over its data, written out one datum at a time."""
+    from dataclasses import replace
+
+    t_ = marked_teacher
+    background = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.5, 0.7]], dtype=torch.float64)
+    views = views_for([20.0, 150.0], [10.0, 15.0], background)
+    weights = torch.zeros(2, len(DIRECTIONS))
+    weights[0, DIRECTIONS.index("front")], weights[0, DIRECTIONS.index("side")] = 0.7, 0.3
+    weights[1, DIRECTIONS.index("side")], weights[1, DIRECTIONS.index("back")] = 0.4, 0.6
+    blend = Blend("positive", weights)
+    g = torch.Generator().manual_seed(9)
+    t = torch.tensor([300, 600])
+    a = t_.alphas_cumprod[t].double()
+    clean = composites(t_.cond, background[0])[3]
+    z = torch.randn(2, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    z[0] = a[0].sqrt() * clean + (1 - a[0]).sqrt() * z[0]
+    eps = t_.predict(z, t, views, (blend,))["positive"]
+    mask, _ = t_.blend_weights(blend, views)  # the framing rule is the teacher's own (tested above)
+    for b in range(2):
+        kept = mask[b]
+        counts = torch.bincount(t_.cond.direction[kept], minlength=len(DIRECTIONS)).double()
+        prior = weights[b].double()[t_.cond.direction] / counts[t_.cond.direction].clamp_min(1)
+        data = replace(t_.cond, log_prior=prior.log().float())
+        want = brute_force_eps(z[b], a[b], data, background[b], kept & (prior > 0))
+        assert torch.allclose(eps[b], want, atol=1e-6), b
+    # A one-hot blend is the view-dependent prompt itself.
+    one_hot = Blend.one_hot("front", direction_index(views.azimuth, views.elevation))
+    same = t_.predict(z, t, views, (one_hot, "prompt"))
+    torch.testing.assert_close(same["front"], same["prompt"], rtol=0, atol=1e-9)
+
+
+def test_pose_matched_teacher_answers_a_blend_with_its_prompt():
+    job = tiny_job(prompt="a blue sphere with a yellow front", guidance={"pose_matched": True})
+    teacher = PocketPredictor(guidance_settings(job), "cpu")
+    views = views_for([40.0], [10.0], torch.ones(1, 3, dtype=torch.float64))
+    z = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    teacher.pose_generator.manual_seed(5)
+    blended = teacher.predict(z, torch.tensor([500]), views, (Blend("p", torch.tensor([[0.5, 0.5, 0.0, 0.0]])),))
+    teacher.pose_generator.manual_seed(5)
+    prompt = teacher.predict(z, torch.tensor([500]), views, ("prompt",))
+    torch.testing.assert_close(blended["p"], prompt["prompt"], rtol=0, atol=0)

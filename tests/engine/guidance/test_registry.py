@@ -70,7 +70,7 @@ class PromptOnly(ScoreDistillation):
     def trained_parts(self):
         return [self.pull]
 
-    def combine(self, predictions):
+    def combine(self, predictions, views):
         CALLS["combine"] += 1
         return predictions["prompt"]
 

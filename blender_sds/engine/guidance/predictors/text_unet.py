@@ -16,7 +16,7 @@ import torch
 from ...scene.directions import direction_index
 from ...scene.views import ViewBatch
 from ...settings import GuidanceSettings
-from ..predictor import NoisePredictor
+from ..predictor import Blend, NoisePredictor, condition_name
 from .prompts import view_prompts
 
 MAX_TOKENS = 77  # CLIP's context; DeepFloyd IF also encodes its T5 prompts at 77 tokens
@@ -78,6 +78,7 @@ class TextConditionedPredictor(NoisePredictor):
     """A text-conditioned diffusers UNet; kinds add `encode`."""
 
     graphable = True
+    answers_blends = True
 
     def __init__(self, settings: GuidanceSettings, device: torch.device, unet, scheduler_config, dtype: torch.dtype):
         from diffusers import DDPMScheduler
@@ -111,8 +112,13 @@ class TextConditionedPredictor(NoisePredictor):
                                            views=encoded[2:6] if self.view_dependent else None)
         return self.embeddings
 
-    def condition(self, name: str, views: ViewBatch) -> torch.Tensor:
-        """(B, L, D) the text embedding of one named condition for these cameras."""
+    def condition(self, name, views: ViewBatch) -> torch.Tensor:
+        """(B, L, D) the text embedding of one condition for these cameras."""
+        if isinstance(name, Blend):
+            if self.embeddings.views is None:
+                raise ValueError("guidance.view_dependent: blends of the direction prompts need them; set it true")
+            mix = name.weights.to(self.embeddings.views.device, self.embeddings.views.dtype)
+            return torch.einsum("bd,dlc->blc", mix, self.embeddings.views)
         if name == "prompt":
             return self.embeddings.conditional(views)
         if name == "uncond":
@@ -125,6 +131,7 @@ class TextConditionedPredictor(NoisePredictor):
             raise ValueError(f"guidance: {batch} samples but {views.size} cameras in the view batch")
         hidden = torch.cat([self.condition(name, views) for name in names])
         k = len(names)
+        names = [condition_name(n) for n in names]
         stacked, stacked_t = torch.cat([z_t] * k), torch.cat([t] * k)
         with torch.no_grad():
             out = self.unet(stacked.to(self.dtype), stacked_t, encoder_hidden_states=hidden).sample

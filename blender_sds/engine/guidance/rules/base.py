@@ -1,8 +1,8 @@
 """Score distillation, written once for every rule and every noise predictor.
 
 Noise, timestep schedule, weighting w(t), gradient clipping and the gradient-injection
-loss live here; a rule says which conditions it asks the predictor for (`conditions`) and
-how their predictions combine into the noise estimate (`combine`). So the reference
+loss live here; a rule says which conditions it asks the predictor for (`asked`, per batch
+of cameras) and how their predictions combine into the noise estimate (`combine`). So the reference
 teacher, the pocket world and Stable Diffusion are judged by exactly the same rule.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ...scene.views import ViewBatch
 from ...settings import GuidanceSettings
-from ..predictor import NoisePredictor
+from ..predictor import NoisePredictor, condition_name
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ScoreDistillation:
         self.min_step = int(self.num_train_timesteps * lo)
         self.max_step = int(self.num_train_timesteps * hi)
         self.generator = torch.Generator(device=self.device).manual_seed(int(settings.seed) + 1)
+        self.predictions = 0
 
     # -- what the loop reads from the predictor ---------------------------------------------
     @property
@@ -71,12 +72,17 @@ class ScoreDistillation:
         return []
 
     # -- what a rule provides ----------------------------------------------------------------
-    def asked(self) -> tuple[str, ...]:
-        """The conditions this step needs predictions for."""
+    def asked(self, views: ViewBatch) -> tuple:
+        """The conditions this step needs predictions for (names of predictor.CONDITIONS, or Blends)."""
         return self.conditions
 
-    def combine(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
+    def combine(self, predictions: dict[str, torch.Tensor], views: ViewBatch) -> torch.Tensor:
+        """The noise estimate eps_hat from {condition name: eps}."""
         raise NotImplementedError
+
+    def clip_at(self, step: int, total_steps: int) -> float | None:
+        """The element-wise gradient clamp at this step (guidance.grad_clip; None: none)."""
+        return schedule_value(self.settings.grad_clip, step)
 
     # -- the shared part ---------------------------------------------------------------------
     def timesteps(self, batch: int, step: int, total_steps: int) -> torch.Tensor:
@@ -106,11 +112,16 @@ class ScoreDistillation:
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z.dtype)
         with torch.no_grad():
             z_t = a.sqrt() * z.detach() + (1 - a).sqrt() * noise
-            predictions = self.predictor.predict(z_t, t, views, self.asked())
-            eps_hat = self.combine({name: eps.to(z.dtype) for name, eps in predictions.items()})
+            asked = self.asked(views)
+            self.predictions = len(asked)  # the judge's evaluations this step (UNet passes per image)
+            predictions = self.predictor.predict(z_t, t, views, asked)
+            missing = [condition_name(c) for c in asked if condition_name(c) not in predictions]
+            if missing:
+                raise RuntimeError(f"guidance: the predictor gave no prediction for {missing}")
+            eps_hat = self.combine({name: eps.to(z.dtype) for name, eps in predictions.items()}, views)
             grad = self.weight(t).view(-1, 1, 1, 1).to(z.dtype) * (eps_hat - noise)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            clip = schedule_value(self.settings.grad_clip, step)
+            clip = self.clip_at(step, total_steps)
             if clip is not None:
                 grad = grad.clamp(-clip, clip)
         return grad, t
@@ -122,5 +133,6 @@ class ScoreDistillation:
         target = (z - grad).detach()
         # d/dz of 0.5*|z - target|^2 / B is grad / B: the reparameterisation trick.
         loss = 0.5 * F.mse_loss(z.float(), target.float(), reduction="sum") / z.shape[0]
-        figures = {"grad_norm": grad.float().norm().detach(), "t": t.float().mean()}
+        figures = {"grad_norm": grad.float().norm().detach(), "t": t.float().mean(),
+                   "predictions": torch.tensor(float(self.predictions))}
         return GuidanceOutput(loss=loss, figures=figures)

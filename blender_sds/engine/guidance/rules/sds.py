@@ -12,10 +12,10 @@ class SDS(ScoreDistillation):
 
     conditions = ("prompt", "uncond")
 
-    def asked(self) -> tuple[str, ...]:
+    def asked(self, views) -> tuple[str, ...]:
         return ("prompt",) if self.scale == 1.0 else self.conditions
 
-    def combine(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
+    def combine(self, predictions: dict[str, torch.Tensor], views=None) -> torch.Tensor:
         if self.scale == 1.0:
             return predictions["prompt"]
         uncond = predictions["uncond"]

@@ -50,11 +50,12 @@ def scaled_linear_alphas_cumprod(steps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tens
 
 
 def posterior_mean(z_t: torch.Tensor, alpha_bar: torch.Tensor, data: "ImageSet", background: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """x0_hat (B,3,H,W) in [-1,1] of noisy samples z_t given data composited on `background` (B,3) sRGB.
 
     `alpha_bar` is (B,); `mask` (B,N) bool keeps, per sample, the data it may use (None: all);
-    each datum weighs in with its `log_prior` (a mixture of objects with equal weights).
+    each datum weighs in with its `log_prior` (a mixture of objects with equal weights), plus
+    `log_weights` (B,N) per sample where given (a blend of direction buckets).
     Computed in z_t's dtype (float64 in tests, float32 in runs), with a log-sum-exp softmax.
     """
     b = z_t.shape[0]
@@ -72,6 +73,8 @@ def posterior_mean(z_t: torch.Tensor, alpha_bar: torch.Tensor, data: "ImageSet",
             + 4 * (bg**2).sum(-1, keepdim=True) * data.alpha_sq.to(dtype)[None])
     logits = (2 * s * y_dot_q - s**2 * q_sq) / (2 * (1 - s**2))  # -|y - s Q|^2 / 2(1-a) + const
     logits = logits + data.log_prior.to(dtype)[None]
+    if log_weights is not None:
+        logits = logits + log_weights.to(dtype)
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(logits, dim=-1)  # subtracts the max: the log-sum-exp form

@@ -14,8 +14,14 @@ branches see only data framed like the judged image (apparent size of the bounds
 +-10%), the way camera-conditioned models (Zero-1-to-3, MVDream) share the camera between
 the conditional and unconditional branch.
 
+Camera-blind, a marked object's data ("a red cube with a white front") are drawn with a
+photo collection's front bias (`guidance.front_bias`: that share of cameras sees the front),
+which is what makes SDS put the mark on every side (Janus, docs/QUALITY.md). A `Blend` of
+direction prompts (Perp-Neg) is the mixture of the direction buckets' data with its weights.
+
 By default (`guidance.pose_matched`) both branches' data are instead rendered at each
 judged camera (posed.py), with random lights and shadings: a camera-conditioned teacher.
+Direction prompts add nothing to it (every datum already has the judged camera's direction).
 Camera-blind, a memorising teacher answers a render with a neighbour in another pose, and
 for a 4-fold object the neighbours of a symmetric blob sit at every phase, so pyramids
 and cubes came back as bodies of revolution (docs/QUALITY.md). Direction buckets and
@@ -26,12 +32,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ....pocket_words import parse_object
 from ...pocket import dataset, posed, world
 from ...pocket.dataset import ViewSet
-from ...scene.directions import direction_index
+from ...scene.directions import DIRECTIONS, direction_index
 from ...scene.views import ViewBatch
 from ...settings import GuidanceSettings
-from ..predictor import NoisePredictor
+from ..predictor import Blend, NoisePredictor, condition_name
 from .closed_form import epsilon, posterior_mean, scaled_linear_alphas_cumprod
 
 FRAMING_WIDTH = 0.1  # data within +-10% of the judged camera's apparent scale answer it
@@ -50,6 +57,7 @@ class PocketPredictor(NoisePredictor):
     """Pixel-space noise predictor: the closed-form denoiser of the pocket world's renders."""
 
     needs_solid_background = True
+    answers_blends = True
     # The world's images are flat albedo or lit (issue 4); judged against them, textureless
     # (grey) renders pulled shape towards white objects: a red cube came back at 47-69% of
     # its silhouette area with them, 86% without (docs/QUALITY.md).
@@ -59,7 +67,8 @@ class PocketPredictor(NoisePredictor):
                  world_views: int | None = None, supersample: int = 2):
         super().__init__(settings, scaled_linear_alphas_cumprod(), device)
         self.prompt = settings.prompt
-        self.colour, self.shape = world.parse_prompt(self.prompt)
+        parsed = parse_object(self.prompt)
+        self.object = world.prompt_for(parsed.colour, parsed.shape, parsed.mark)  # the canonical words
         self.resolution = settings.resolution
         self.center = torch.tensor(settings.bounds.center, dtype=torch.float32, device=self.device)
         self.bounds_size = settings.bounds.size
@@ -78,8 +87,10 @@ class PocketPredictor(NoisePredictor):
             return
         cond_views = cond_views or dataset.scaled_count(dataset.COND_VIEWS, r, 96)
         world_views = world_views or dataset.scaled_count(dataset.WORLD_VIEWS_PER_OBJECT, r, 8)
-        self.cond = dataset.object_views(world.prompt_for(self.colour, self.shape), r, cond_views, 0,
-                                         supersample).to(self.device)
+        # Only a marked object has a front to be biased towards; plain ones keep their uniform draw.
+        front_bias = settings.front_bias if parsed.mark else None
+        self.cond = dataset.object_views(self.object, r, cond_views, 0, supersample,
+                                         front_bias=front_bias).to(self.device)
         if self.negative:
             self.uncond = dataset.object_views(self.negative, r, cond_views, 1, supersample).to(self.device)
         else:
@@ -115,11 +126,24 @@ class PocketPredictor(NoisePredictor):
         allowed = torch.ones(views.size, len(self.uncond), dtype=torch.bool, device=self.device)
         return framing_mask(self.uncond.framing, self.judged_framing(views), allowed, FRAMING_MINIMUM[1])
 
+    def blend_weights(self, blend: Blend, views: ViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask, log weights) (B,N) over the conditional data: each direction bucket's data share its
+        blend weight equally (a mixture of the buckets); a camera whose weighted buckets are empty
+        gets all data, as the view-dependent prompt's buckets do."""
+        weights = blend.weights.to(self.device, torch.float32)[:, self.cond.direction]  # (B,N)
+        allowed = weights > 0
+        empty = ~allowed.any(dim=-1, keepdim=True)
+        mask = framing_mask(self.cond.framing, self.judged_framing(views), allowed | empty, FRAMING_MINIMUM[0])
+        bucket = torch.nn.functional.one_hot(self.cond.direction, len(DIRECTIONS)).float()  # (N,4)
+        counts = (mask.float() @ bucket)[:, self.cond.direction]  # (B,N) kept data of each datum's bucket
+        log_w = weights.clamp_min(1e-30).log() - counts.clamp_min(1).log()
+        return mask, log_w.masked_fill(~mask | empty, 0.0)
+
     def posed_data(self, views: ViewBatch) -> tuple[ViewSet, torch.Tensor, ViewSet, torch.Tensor]:
         """(cond, cond_mask, uncond, uncond_mask) rendered at the judged cameras (`guidance.pose_matched`)."""
         orbit = posed.judged_orbit(views, self.center, self.bounds_size)
         g = self.pose_generator
-        cond, owner = posed.object_views(world.prompt_for(self.colour, self.shape), orbit, self.resolution, g)
+        cond, owner = posed.object_views(self.object, orbit, self.resolution, g)
         if self.negative:
             uncond, u_owner = posed.object_views(self.negative, orbit, self.resolution, g)
         else:
@@ -138,9 +162,13 @@ class PocketPredictor(NoisePredictor):
         else:
             data = {"prompt": (self.cond, None), "uncond": (self.uncond, None)}
         out = {}
-        for name in names:
-            images, mask = data[name]
-            if mask is None:
-                mask = self.cond_mask(views) if name == "prompt" else self.uncond_mask(views)
-            out[name] = epsilon(z_t, posterior_mean(z_t, a, images, bg, mask), a)
+        for condition in names:
+            name, log_w = condition_name(condition), None
+            # Pose-matched data are all at the judged camera: a blend of directions is the prompt.
+            images, mask = data["uncond" if name == "uncond" else "prompt"]
+            if mask is None and isinstance(condition, Blend):
+                mask, log_w = self.blend_weights(condition, views)
+            elif mask is None:
+                mask = self.uncond_mask(views) if name == "uncond" else self.cond_mask(views)
+            out[name] = epsilon(z_t, posterior_mean(z_t, a, images, bg, mask, log_w), a)
         return out
