@@ -7,6 +7,7 @@ field the artist has to change and the scene is never touched.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -26,6 +27,8 @@ _WHERE = {
     "steps": "Steps in the SDS panel",
     "bounds": "Bounds in the SDS panel",
     "guidance.model": "Model in " + preferences.PREFS_PATH,
+    "guidance.rule": "Method in the SDS panel",
+    "guidance.view_dependent": "Method in the SDS panel",
     "cameras": "the cameras (Camera Source in the SDS panel)",
 }
 
@@ -83,6 +86,11 @@ def guidance(prefs) -> dict:
     return {"kind": "stable-diffusion", "model": model_source(prefs), "low_vram": prefs.low_vram}
 
 
+def method_guidance(scene) -> dict:
+    """The guidance keys of the Method chosen in the panel (kinds.MethodSpec.guidance), a copy."""
+    return copy.deepcopy(kinds.method(scene.sds.method).guidance)
+
+
 def bounds(scene) -> dict:
     s = scene.sds
     ob = s.bounds_object
@@ -135,11 +143,11 @@ def generate_job(context, prefs) -> dict:
                           "then press Generate")
     job = {"version": job_schema.SCHEMA_VERSION, "prompt": s.prompt, "negative_prompt": s.negative_prompt,
            "seed": s.seed, "preset": s.preset.lower(), "bounds": bounds(scene),
-           "guidance": guidance(prefs),
+           "guidance": {**guidance(prefs), **method_guidance(scene)},
            "cameras": cameras(context, s.camera_source)}
     if s.steps > 0:
         job["steps"] = s.steps
-    job = job_schema.merge_overrides(job, overrides(scene))
+    job = job_schema.merge_overrides(job, overrides(scene))  # after the Method: a tech artist's keys win
     validate(job, os.getcwd())
     return job
 
@@ -148,7 +156,8 @@ def refine_job(context, ob, camera_source: str, steps: int = 0) -> tuple[dict, s
     """The job that continues `ob`'s run from its checkpoint, seen from the scene's cameras.
 
     Cameras are expressed in the frame the object was generated in, so an object the
-    artist moved is refined from where the cameras see it now. Returns (job, checkpoint).
+    artist moved is refined from where the cameras see it now. The guidance (the Method
+    among it) is the object's own run's, whatever the panel holds now. Returns (job, checkpoint).
     """
     stored = ob.get("sds_job")
     checkpoint = ob.get("sds_checkpoint")

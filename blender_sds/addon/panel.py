@@ -34,6 +34,7 @@ class SDS_PT_main(bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(s, "preset", text="")
         row.prop(s, "seed")
+        layout.prop(s, "method")
         layout.prop(s, "steps")
         layout.prop(s, "camera_source")
         box = layout.box()

@@ -1,16 +1,22 @@
 """`scene.sds`: the settings a run is made from, and the progress the UI shows.
 
 The settings' names are the scripting API (docs/ARCHITECTURE.md "Public names"): prompt, negative_prompt, preset,
-seed, camera_source, bounds_object, bounds_size. `steps` and `job_overrides` are for
+seed, method, camera_source, bounds_object, bounds_size. `method` takes a method's own name from the
+registry as it is spelled there (`blender_sds.kinds.method_names()`, e.g. "sds", "perp-neg"; the
+names of docs/JOB.md "Guidance methods" and `bench janus`, not an upper-case form), and
+defaults to `kinds.DEFAULT_METHOD`. `steps` and `job_overrides` are for
 quick tests and tech artists: `job_overrides` is a JSON object merged into the job last
 (e.g. '{"render": {"resolution": 32}, "mesh": {"resolution": 48}}'), with docs/JOB.md's
 key names. The progress fields are written only by the add-on, on the main thread.
 """
 
+import zlib
+
 import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
+from .. import kinds
 from . import runner
 
 PRESETS = [("DRAFT", "Draft", "Fewest steps: a quick look"),
@@ -22,11 +28,25 @@ CAMERA_SOURCES = [("ORBIT", "Orbit", "Random cameras orbiting the bounds"),
                   ("MIXED", "Mixed", "Half orbit, half the scene's cameras")]
 
 
+def _method_number(name: str) -> int:
+    """The value a .blend file stores for a method: from its name, so saved scenes keep their
+    method when the registry gains one or changes its order (enum items store a number)."""
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+# The score-distillation methods in the registry (blender_sds/kinds/builtin.py), in its order.
+METHODS = [(name, kinds.method(name).label, kinds.method(name).summary, "NONE", _method_number(name))
+           for name in kinds.method_names()]
+
+
 class SDS_SceneSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to make, e.g. 'a ceramic teapot'")
     negative_prompt: StringProperty(name="Negative Prompt", description="What to steer away from")
     preset: EnumProperty(name="Preset", items=PRESETS, default="STANDARD")
     seed: IntProperty(name="Seed", min=0, default=0, description="Same seed, same job, same result on the CPU")
+    method: EnumProperty(name="Method", items=METHODS, default=kinds.DEFAULT_METHOD,
+                         description="How the 2D judge's verdicts become the shape: the remedies for "
+                                     "many-faced (Janus) results and what each costs")
     steps: IntProperty(name="Steps", min=0, max=100000, default=0,
                        description="Optimisation steps (0: the preset's number)")
     camera_source: EnumProperty(name="Cameras", items=CAMERA_SOURCES, default="ORBIT",

@@ -3,6 +3,8 @@ Diffusion built from configs: Generate, Refine from the scene cameras, and Expor
 the engine's command line + Import Result, each giving a coloured mesh object."""
 import os
 
+from blender_sds import kinds
+
 
 def check_object(obj, prompt="a red ball"):
     assert obj is not None
@@ -26,6 +28,8 @@ def test_generate_refine_export_import(blender, run_scenario, tiny_sd):
     check_object(gen["object"])
     assert gen["object"]["job_cameras_mode"] == "rig" and gen["object"]["job_rig"] == 2
     assert gen["object"]["job_init"] is None
+    default = kinds.method(kinds.DEFAULT_METHOD).guidance  # the Method a new scene starts with
+    assert {k: gen["ran_guidance"][k] for k in default} == default
     assert gen["step"] == gen["steps"] == 2 and gen["progress"] == 1.0
     assert gen["status"].startswith("Done")
     assert gen["preview"] and gen["preview"][0] > 0  # the end-of-run preview reached the panel

@@ -6,6 +6,7 @@ an error report with the engine's list of words, not a traceback; "pocket" typed
 Newest Blender only: the run goes through the same Generate and import as test_addon_e2e.py
 (both versions there); what is particular to the pocket world (the Model Source choice, the
 job it builds, the refusal) is add-on Python with no version-specific bpy API."""
+from blender_sds import kinds
 from bpy_harness import HUB_MODEL
 
 
@@ -17,8 +18,9 @@ def test_pocket_world_model_choice(newest_blender, run_scenario):
     label, description = facts["sources"]["POCKET"]
     assert "offline demo" in label.lower() and "a red cube" in description
     assert facts["sd_guidance"]["kind"] == "stable-diffusion" and facts["sd_guidance"]["model"] == HUB_MODEL
-    assert facts["pocket_guidance"] == {"kind": "pocket"}  # no model needed, Model left empty
-    assert facts["legacy_guidance"] == {"kind": "pocket"}
+    method = kinds.method(kinds.DEFAULT_METHOD).guidance  # the panel's Method, a new scene's default
+    assert facts["pocket_guidance"] == {"kind": "pocket", **method}  # no model needed, Model left empty
+    assert facts["legacy_guidance"] == {"kind": "pocket", **method}
 
     gen = facts["generate"]
     assert gen["returned"] == ["FINISHED"], gen["message"]

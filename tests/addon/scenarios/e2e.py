@@ -1,4 +1,5 @@
 """Generate, Refine, Export Job + the engine CLI + Import Result through a real worker (tests/addon/test_addon_e2e.py)."""
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def run(args):
                        "running": scene.sds.is_running}
     if err:
         return out
+    with open(os.path.join(gen["sds_result"], "job.json")) as f:  # the job the local worker ran
+        out["generate"]["ran_guidance"] = json.load(f)["guidance"]
     gen_name = gen.name
     gen_mesh = gen.data.name
     gen_verts = len(gen.data.vertices)
