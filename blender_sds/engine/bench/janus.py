@@ -22,7 +22,7 @@ import numpy as np
 from ... import kinds
 from ...job import JobError, merge_overrides, validate_job
 from ...results import LOG_FILE, MESH_FILE
-from ..pocket import janus, metrics, world
+from ..pocket import janus, world
 from .quality import run_one, summarise
 
 # Four shapes and four body colours, each mark a contrasting colour; two plain objects.
@@ -31,8 +31,7 @@ MARKED = ("a red cube with a white front", "a blue sphere with a yellow front",
 PLAIN = ("a yellow cone", "a white torus")
 SEEDS = (0, 1)
 METHODS = ("sds", "view-prompts", "perp-neg", "debiased")
-PRESET = "draft"
-STEPS = 300  # of the draft preset's 400: 40 assets in under 30 minutes on a 2-core CPU
+PRESET = "draft"  # 400 steps: 40 assets in under 30 minutes on a 2-core CPU
 # The lab: the camera-blind teacher (pose-matched data would tell the judge every camera,
 # which is exactly what removes Janus).
 LAB = {"guidance": {"kind": "pocket", "pose_matched": False}}
@@ -58,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated seeds for the marked prompts; plain prompts run on the first "
                         "(they check shape and colour, not Janus; default 0,1)")
     p.add_argument("--preset", choices=("draft", "standard", "high"), default=PRESET)
-    p.add_argument("--steps", type=int, default=STEPS, help=f"steps per asset (default {STEPS})")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     p.add_argument("--front-bias", type=float, default=None,
                    help="the teacher's share of front views (default: the kind's, docs/JOB.md)")
     p.add_argument("--override", default=None, metavar="JSON", help="job keys merged over every job")

@@ -45,10 +45,21 @@ def _colours(prompt: str) -> tuple[np.ndarray, np.ndarray]:
     return world.albedo_srgb(prompt), mark
 
 
+def chroma(rgb: torch.Tensor) -> torch.Tensor:
+    """Colours (...,3) as unit vectors: what is left of a colour when shading scales its brightness."""
+    return rgb / rgb.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
 def mark_shares(albedo: torch.Tensor, cover: torch.Tensor, body, mark) -> list[float]:
-    """Per view, the share of covered pixels whose sRGB (N,3,S,S) is nearer `mark` than `body` (sRGB (3,))."""
-    rgb = albedo.double().permute(0, 2, 3, 1)
-    near_mark = (rgb - torch.as_tensor(mark)).norm(dim=-1) < (rgb - torch.as_tensor(body)).norm(dim=-1)
+    """Per view, the share of covered pixels whose sRGB (N,3,S,S) is nearer `mark` than `body` (sRGB (3,)).
+
+    Nearer in chroma, not in RGB: results bake some of the teacher's lit renders into their
+    albedo, so a white mark may come back grey; it is still the mark, not the red body
+    (measured: a white front read as grey (0.45, 0.4, 0.4) is nearer red (0.85, 0.12, 0.1) in RGB).
+    """
+    rgb = chroma(albedo.double().permute(0, 2, 3, 1))
+    mark, body = chroma(torch.as_tensor(mark, dtype=torch.float64)), chroma(torch.as_tensor(body, dtype=torch.float64))
+    near_mark = (rgb - mark).norm(dim=-1) < (rgb - body).norm(dim=-1)
     counted = (near_mark & cover).flatten(1).sum(1).double()
     return (counted / cover.flatten(1).sum(1).clamp_min(1)).tolist()
 
