@@ -371,8 +371,8 @@ def _guidance(raw, base_dir) -> dict:
         views = []
 
     # A text kind starts from the default method's rule and view prompts; the others from plain SDS.
-    start = kinds.method(kinds.DEFAULT_METHOD).guidance if spec.text else {"rule": kinds.DEFAULT_RULE,
-                                                                           "view_dependent": False}
+    start = (kinds.method(kinds.DEFAULT_METHOD).guidance if spec.text
+             else {"rule": kinds.DEFAULT_RULE, "view_dependent": False})
     rule = _choice(g.get("rule", start["rule"]), "guidance.rule", kinds.rule_names(), "rule")
     view_dependent = _bool(g.get("view_dependent", start["view_dependent"]), "guidance.view_dependent")
     _rule_fits(kinds.rule(rule), spec, view_dependent)

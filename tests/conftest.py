@@ -33,3 +33,14 @@ def tiny_sd_folder(tmp_path_factory) -> Path:
     shared by the engine-run and add-on tests (read only: make your own copy to change it)."""
     from blender_sds.engine.bench.tiny_models import make_tiny_sd
     return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests: on a shared 2-core box, OpenMP threads
+    spinning against other processes make each small call up to 100x slower."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -62,7 +62,7 @@ _RULES: dict[str, RuleSpec] = {}
 _METHODS: dict[str, MethodSpec] = {}
 DEFAULT_RULE = "sds"
 # The method text-prompted jobs and the add-on's Method choice start from: the measured best
-# of `bench janus` (docs/QUALITY.md "Janus").
+# of `bench janus` (docs/QUALITY.md "Janus": no Janus, no cost in shape or colour, SDS's cost).
 DEFAULT_METHOD = "view-prompts"
 
 

@@ -34,3 +34,15 @@ def assert_within_rounding(actual, exact, float32_result, slack: float = 4.0):
     error = float((actual.double() - exact).abs().max())
     floor = 8 * torch.finfo(torch.float32).eps * size
     assert error <= slack * rounding + floor, (error, rounding, floor)
+
+
+def camera_batch(azimuth, elevation=None, size: int = 32):
+    """A ViewBatch of `size`-pixel cameras that only says which way each looks (what the judges read)."""
+    import torch
+    from blender_sds.engine.scene.views import ViewBatch
+
+    b = len(azimuth)
+    ones = torch.ones(b)
+    elevation = torch.zeros(b) if elevation is None else torch.tensor(elevation, dtype=torch.float32)
+    return ViewBatch(c2w=torch.eye(4).expand(b, 4, 4), fx=ones * 40, fy=ones * 40, cx=ones * size / 2,
+                     cy=ones * size / 2, width=size, height=size, azimuth=torch.tensor(azimuth), elevation=elevation)

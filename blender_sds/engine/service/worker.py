@@ -23,6 +23,7 @@ from ... import protocol
 from ...job import JobError, validate_job
 
 EOF_JOIN_SECONDS = 30.0  # after the add-on hangs up, how long a run gets to notice should_stop
+ENDING_JOIN_SECONDS = 10.0  # how long a new run waits for a run that has said its last word to return
 
 
 class Refused(Exception):
@@ -83,6 +84,7 @@ class Worker:
         self.stop = threading.Event()  # the current run should stop
         self.closing = threading.Event()  # the conversation is over
         self.run_thread: threading.Thread | None = None
+        self.run_ended = threading.Event()  # the run has sent its last message and is only returning
 
     def send(self, message: dict) -> None:
         try:
@@ -172,6 +174,8 @@ class Worker:
         # unknown types are ignored (a newer add-on may send more)
 
     def _start_run(self, message: dict) -> None:
+        if self.busy() and self.run_ended.is_set():  # a client that answers `done` at once is not "busy"
+            self.run_thread.join(ENDING_JOIN_SECONDS)
         if self.busy():
             self.send(protocol.error("a run is already going in this worker: cancel it first", "bad_input",
                                      "busy"))
@@ -202,6 +206,7 @@ class Worker:
             self.send(protocol.error(f"could not read the job: {type(exc).__name__}: {exc}", "failed", "validator"))
             return
         self.stop.clear()
+        self.run_ended.clear()
         self.run_thread = threading.Thread(target=self._run, args=(job, out, device),
                                            name="sds-run", daemon=True)
         self.run_thread.start()
@@ -212,30 +217,39 @@ class Worker:
         finally:
             self.workspace.release()
 
+    def _last_word(self, message: dict) -> None:
+        """Send the run's final message, marking the run as ending first (a reply may come at once)."""
+        self.run_ended.set()
+        self.send(message)
+
+    def _relay(self, event: dict) -> None:
+        if event.get("type") == "done":
+            self.run_ended.set()
+        self.workspace.relay(event, self.send)
+
     def _run_engine(self, job: dict, out: str, device: str | None) -> None:
         try:
             from ..train.run import JobCancelled, run_job
         except ImportError as exc:
-            self.send(protocol.error(
+            self._last_word(protocol.error(
                 f"this Python cannot load the engine ({exc}); install the worker packages into it "
                 f"(vendor/requirements-worker.txt: torch, diffusers, ...)", "failed", "engine",
                 python=sys.executable))
             return
         engine = self.engine or run_job
         try:
-            engine(job, out, on_event=lambda event: self.workspace.relay(event, self.send),
-                   should_stop=self.stop.is_set, device=device)
+            engine(job, out, on_event=self._relay, should_stop=self.stop.is_set, device=device)
         except JobCancelled as exc:
-            self.send(protocol.error(str(exc) or "cancelled", "cancelled", "cancelled"))
+            self._last_word(protocol.error(str(exc) or "cancelled", "cancelled", "cancelled"))
         except BaseException as exc:  # the add-on must hear about every way a run ends
             traceback.print_exc()
             code = _bad_input_code(exc)
             if code is not None:
                 key = exc.key if isinstance(exc, JobError) else None
-                self.send(protocol.error(_first_line(exc), "bad_input", code, key))
+                self._last_word(protocol.error(_first_line(exc), "bad_input", code, key))
             else:
-                self.send(protocol.error(f"{type(exc).__name__}: {_first_line(exc)}", "failed", "run_failed",
-                                         traceback=traceback.format_exc()[-4000:]))
+                self._last_word(protocol.error(f"{type(exc).__name__}: {_first_line(exc)}", "failed",
+                                               "run_failed", traceback=traceback.format_exc()[-4000:]))
 
 
 def _bad_input_code(exc: BaseException) -> str | None:

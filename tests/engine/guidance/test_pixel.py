@@ -12,22 +12,15 @@ from transformers import AutoTokenizer, T5EncoderModel
 from blender_sds.engine.guidance import build_guidance
 from blender_sds.engine.guidance.predictors.model_source import ModelSourceError
 from blender_sds.engine.guidance.predictors.pixel import PixelPredictor
-from blender_sds.engine.scene.views import ViewBatch
 from blender_sds.job import validate_job
 from blender_sds.engine.bench.tiny_models import make_tiny_pixel, make_tiny_sd, make_tiny_sd_single_file
-from judges import assert_within_rounding, cfg_pair, guidance_settings
+from judges import assert_within_rounding, camera_batch, cfg_pair, guidance_settings
 
 CPU = torch.device("cpu")
 PROMPT = "a red cube"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core box spinning OpenMP threads make tiny models 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +33,6 @@ def pixel_job(model, **guidance) -> dict:
                          "guidance": {"kind": "pixel", "model": str(model), **guidance}})
 
 
-def make_views(azimuth) -> ViewBatch:
-    b = len(azimuth)
-    ones = torch.ones(b)
-    return ViewBatch(c2w=torch.eye(4).expand(b, 4, 4), fx=ones * 40, fy=ones * 40, cx=ones * 16, cy=ones * 16,
-                     width=32, height=32, azimuth=torch.tensor(azimuth), elevation=torch.zeros(b))
-
-
 def test_loads_the_folder_and_keeps_the_noise_half_of_a_learned_variance_unet(pixel_folder):
     g = build_guidance(pixel_job(pixel_folder), CPU)
     assert isinstance(g.predictor, PixelPredictor)
@@ -55,7 +41,7 @@ def test_loads_the_folder_and_keeps_the_noise_half_of_a_learned_variance_unet(pi
     assert g.predictor.embeddings.views.shape == (4, 77, 32)
     z_t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([100, 800])
-    eps_cond, eps_uncond = cfg_pair(g.predictor, z_t, t, make_views([0.0, 180.0]))
+    eps_cond, eps_uncond = cfg_pair(g.predictor, z_t, t, camera_batch([0.0, 180.0]))
     assert eps_cond.shape == eps_uncond.shape == (2, 3, 32, 32)
     with torch.no_grad():
         raw = g.predictor.unet(z_t, t, encoder_hidden_states=g.predictor.embeddings.uncond.expand(2, -1, -1)).sample
@@ -83,7 +69,7 @@ def test_backward_puts_the_closed_form_gradient_on_the_images(pixel_folder):
     noise = torch.randn(2, 3, 32, 32, generator=rng)
     t = torch.tensor([250, 750])
     rendered = images.clone().requires_grad_(True)
-    g(rendered, make_views([0.0, 90.0]), 0, 10, noise=noise, t=t).loss.backward()
+    g(rendered, camera_batch([0.0, 90.0]), 0, 10, noise=noise, t=t).loss.backward()
 
     m = g.predictor
     float32 = closed_form(m.unet, m.embeddings, m.scheduler.alphas_cumprod, g.scale, images, noise, t)
@@ -96,7 +82,7 @@ def test_five_adam_steps_on_a_free_image_run_with_finite_gradients(pixel_folder)
     g = build_guidance(pixel_job(pixel_folder, t_schedule="anneal", grad_clip=1.0), CPU)
     logits = torch.zeros(2, 3, 32, 32, requires_grad=True)
     optimiser = torch.optim.Adam([logits], lr=0.05)
-    views = make_views([0.0, 120.0])
+    views = camera_batch([0.0, 120.0])
     for step in range(5):
         optimiser.zero_grad()
         out = g(torch.sigmoid(logits), views, step, 5)

@@ -18,33 +18,20 @@ from blender_sds.engine.guidance import build_guidance
 from blender_sds.engine.guidance.rules.debiased import CLAMP
 from blender_sds.engine.guidance.rules.perp_neg import plan
 from blender_sds.engine.scene.directions import DIRECTIONS
-from blender_sds.engine.scene.views import ViewBatch
 from blender_sds.job import PERP_NEG_WEIGHTS, JobError, validate_job
-from judges import assert_within_rounding
+from judges import assert_within_rounding, camera_batch
 
 CPU = torch.device("cpu")
 SIDE, FRONT, BACK, OVERHEAD = (DIRECTIONS.index(d) for d in ("side", "front", "back", "overhead"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def job(model, **guidance) -> dict:
     return validate_job({"version": 1, "prompt": "a ceramic teapot", "negative_prompt": "blurry",
                          "render": {"resolution": 32},
                          "guidance": {"kind": "stable-diffusion", "model": str(model), **guidance}})
-
-
-def views(azimuth, elevation) -> ViewBatch:
-    b = len(azimuth)
-    ones = torch.ones(b)
-    return ViewBatch(c2w=torch.eye(4).expand(b, 4, 4), fx=ones * 40, fy=ones * 40, cx=ones * 16, cy=ones * 16,
-                     width=32, height=32, azimuth=torch.tensor(azimuth), elevation=torch.tensor(elevation))
 
 
 def decay(triple, r):
@@ -123,7 +110,7 @@ def parts_of(g, dtype):
 def run(g, images, cams, noise, t):
     images = images.detach().clone().requires_grad_(True)
     az, el = zip(*cams)
-    g(images, views(list(az), list(el)), 0, 10, noise=noise, t=t).loss.backward()
+    g(images, camera_batch(list(az), list(el)), 0, 10, noise=noise, t=t).loss.backward()
     return images.grad
 
 
@@ -162,7 +149,7 @@ def test_debiased_clamp_rises_over_the_run_unless_grad_clip_says(tiny_sd_folder)
     rng = torch.Generator().manual_seed(5)
     images, noise = torch.rand(2, 3, 32, 32, generator=rng), torch.randn(2, 4, 16, 16, generator=rng)
     t = torch.tensor([900, 950])
-    cams = views([0.0, 180.0], [10.0, 10.0])
+    cams = camera_batch([0.0, 180.0], [10.0, 10.0])
     grads = []
     for step in (0, 100):
         x = images.clone().requires_grad_(True)

@@ -24,13 +24,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from blender_sds.engine.guidance import build_guidance, build_predictor
 from blender_sds.engine.guidance.predictors.model_source import ModelSourceError
+from blender_sds.engine.guidance.rules.debiased import CLAMP
 from blender_sds.engine.guidance.predictors.prompts import view_prompts
 from blender_sds.engine.scene.directions import DIRECTIONS
 from blender_sds.engine.guidance.predictors.stable_diffusion import StableDiffusionPredictor
-from blender_sds.engine.scene.views import ViewBatch
 from blender_sds.engine.bench.tiny_models import make_tiny_sd, make_tiny_sd_single_file
 from blender_sds.job import validate_job
-from judges import assert_within_rounding, cfg_pair, guidance_settings
+from judges import assert_within_rounding, camera_batch, cfg_pair, guidance_settings
 
 CPU = torch.device("cpu")
 PROMPT = "a ceramic teapot"
@@ -40,14 +40,7 @@ AZIMUTHS, ELEVATIONS = [10.0, 90.0, 200.0, 30.0], [0.0, 20.0, 5.0, 75.0]
 EXPECTED = [DIRECTIONS.index(d) for d in ("front", "side", "back", "overhead")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core box: OpenMP threads spinning against other processes make
-    each UNet call 100x slower than running on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +51,6 @@ def sd_folder(tmp_path_factory) -> Path:
 def sd_job(model, prompt=PROMPT, **guidance) -> dict:
     return validate_job({"version": 1, "prompt": prompt, "seed": 3,
                          "guidance": {"kind": "stable-diffusion", "model": str(model), **guidance}})
-
-
-def make_views(azimuth, elevation) -> ViewBatch:
-    b = len(azimuth)
-    ones = torch.ones(b)
-    return ViewBatch(c2w=torch.eye(4).expand(b, 4, 4), fx=ones * 40, fy=ones * 40, cx=ones * 16, cy=ones * 16,
-                     width=32, height=32, azimuth=torch.tensor(azimuth), elevation=torch.tensor(elevation))
 
 
 def weight_of(kind: str, a: torch.Tensor) -> torch.Tensor:
@@ -161,6 +147,7 @@ OFFLINE_SCRIPT = """
 import json, sys
 from blender_sds.engine.guidance.predictors.stable_diffusion import StableDiffusionPredictor
 from blender_sds.engine.guidance.predictors.model_source import ModelSourceError
+from blender_sds.engine.guidance.rules.debiased import CLAMP
 from blender_sds.engine.settings import Settings
 from blender_sds.job import validate_job
 messages = []
@@ -252,7 +239,7 @@ def test_view_dependent_prompts_pick_the_camera_direction(sd_folder):
     torch.testing.assert_close(g.embeddings.uncond, encode(["blurry"]))
     assert all(not torch.allclose(g.embeddings.views[i], g.embeddings.views[j]) for i in range(4) for j in range(i))
 
-    views = make_views(AZIMUTHS, ELEVATIONS)
+    views = camera_batch(AZIMUTHS, ELEVATIONS)
     z_t = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([500, 500, 500, 500])
     eps_cond, eps_uncond = cfg_pair(g, z_t, t, views)
@@ -272,7 +259,7 @@ def test_backward_puts_the_closed_form_sds_gradient_on_the_images(sd_folder):
     images = torch.rand(4, 3, 40, 40, generator=rng)  # resized to the VAE's 32x32 inside
     noise = torch.randn(4, 4, 16, 16, generator=rng)
     t = torch.tensor([50, 300, 600, 950])
-    views = make_views(AZIMUTHS, ELEVATIONS)
+    views = camera_batch(AZIMUTHS, ELEVATIONS)
 
     grad, out = run_guidance(g, images, views, 0, 100, noise=noise, t=t)
     expected, grad_z = closed_form(g, images, noise, t, EXPECTED)
@@ -292,7 +279,7 @@ def test_weighting_variants(sd_folder, weighting):
     rng = torch.Generator().manual_seed(2)
     images, noise = torch.rand(2, 3, 32, 32, generator=rng), torch.randn(2, 4, 16, 16, generator=rng)
     t = torch.tensor([200, 700])
-    grad, _ = run_guidance(g, images, make_views([0.0, 90.0], [0.0, 0.0]), 0, 10, noise=noise, t=t)
+    grad, _ = run_guidance(g, images, camera_batch([0.0, 90.0], [0.0, 0.0]), 0, 10, noise=noise, t=t)
     assert_gradient_is_the_closed_form(grad, g, images, noise, t, None, weighting=weighting)
 
 
@@ -300,7 +287,7 @@ def test_annealed_timesteps_follow_the_schedule(sd_folder):
     g = build_guidance(sd_job(sd_folder, t_schedule="anneal", t_range=[0.1, 0.9], view_dependent=False), CPU)
     rng = torch.Generator().manual_seed(3)
     images, noise = torch.rand(2, 3, 32, 32, generator=rng), torch.randn(2, 4, 16, 16, generator=rng)
-    views = make_views([0.0, 90.0], [0.0, 0.0])
+    views = camera_batch([0.0, 90.0], [0.0, 0.0])
     total = 11
     for step in (0, 5, 10):
         want_t = round(900 - (900 - 100) * math.sqrt(step / (total - 1)))
@@ -309,17 +296,22 @@ def test_annealed_timesteps_follow_the_schedule(sd_folder):
         assert_gradient_is_the_closed_form(grad, g, images, noise, torch.tensor([want_t] * 2), None)
 
 
-def test_gradient_clip_schedule_bounds_the_gradient(sd_folder):
-    g = build_guidance(sd_job(sd_folder, grad_clip=[0, 0.05, 2.0, 10], view_dependent=False), CPU)
+# Rule debiased (Debiased SDS) is SDS whose clamp ramps over the whole run when grad_clip is left out.
+@pytest.mark.parametrize("rule, grad_clip, clips", [
+    ("sds", [0, 0.05, 2.0, 10], ((0, 0.05), (5, 1.025), (20, 2.0))),
+    ("debiased", None, ((0, CLAMP[0]), (5, CLAMP[0] + (CLAMP[1] - CLAMP[0]) * 5 / 9), (20, CLAMP[1]))),
+])
+def test_gradient_clip_schedule_bounds_the_gradient(sd_folder, rule, grad_clip, clips):
+    g = build_guidance(sd_job(sd_folder, rule=rule, grad_clip=grad_clip, view_dependent=False), CPU)
     rng = torch.Generator().manual_seed(4)
     images, noise = torch.rand(2, 3, 32, 32, generator=rng), torch.randn(2, 4, 16, 16, generator=rng)
     t = torch.tensor([400, 800])
-    views = make_views([0.0, 90.0], [0.0, 0.0])
+    views = camera_batch([0.0, 90.0], [0.0, 0.0])
     captured = {}
     encode = g.predictor.encode
     g.predictor.encode = lambda images: captured.setdefault("z", encode(images))  # keep z to read d loss / d z
     g64 = in_float64(g)
-    for step, clip in ((0, 0.05), (5, 1.025), (20, 2.0)):
+    for step, clip in clips:
         captured.clear()
         images_in = images.clone().requires_grad_(True)
         out = g(images_in, views, step, 10, noise=noise, t=t)
@@ -346,7 +338,7 @@ def test_v_prediction_models_are_read_as_noise(sd_folder, tmp_path):
     g = build_guidance(sd_job(folder, view_dependent=False), CPU)
     z_t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([100, 900])
-    eps_cond, _ = cfg_pair(g.predictor, z_t, t, make_views([0.0, 0.0], [0.0, 0.0]))
+    eps_cond, _ = cfg_pair(g.predictor, z_t, t, camera_batch([0.0, 0.0], [0.0, 0.0]))
     with torch.no_grad():
         v = g.predictor.unet(z_t, t, encoder_hidden_states=g.predictor.embeddings.prompt.expand(2, -1, -1)).sample
     a = g.predictor.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -359,5 +351,5 @@ def test_low_vram_and_explicit_float32_run_on_the_cpu(sd_folder):
     rng = torch.Generator().manual_seed(6)
     images, noise = torch.rand(1, 3, 32, 32, generator=rng), torch.randn(1, 4, 16, 16, generator=rng)
     t = torch.tensor([500])
-    grad, _ = run_guidance(g, images, make_views([0.0], [0.0]), 0, 10, noise=noise, t=t)
+    grad, _ = run_guidance(g, images, camera_batch([0.0], [0.0]), 0, 10, noise=noise, t=t)
     assert_gradient_is_the_closed_form(grad, g, images, noise, t, None)

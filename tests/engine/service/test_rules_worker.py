@@ -33,18 +33,14 @@ def _read(reader):
 
 
 def _run(reader, writer, job, out, timeout=120.0):
-    """Send one run and read its messages to `done` or an error; a run sent while the previous
-    run's thread is still finishing is answered `busy` and sent again."""
+    """Send one run and read its messages to `done` or an error. It is sent the moment the previous
+    run said `done`: a worker whose last run is only returning must take it, not answer `busy`."""
     deadline = time.monotonic() + timeout
     writer.write(protocol.run(job, str(REPO), str(out), device="cpu"))
     messages = []
     while time.monotonic() < deadline:
         message = _read(reader)
         assert message is not None, "the worker hung up"
-        if message["type"] == "error" and message.get("code") == "busy" and not messages:
-            time.sleep(0.05)
-            writer.write(protocol.run(job, str(REPO), str(out), device="cpu"))
-            continue
         messages.append(message)
         if message["type"] in ("done", "error"):
             return messages
