@@ -257,3 +257,10 @@ def test_pose_matched_teacher_answers_a_blend_with_its_prompt():
     teacher.pose_generator.manual_seed(5)
     prompt = teacher.predict(z, torch.tensor([500]), views, ("prompt",))
     torch.testing.assert_close(blended["p"], prompt["prompt"], rtol=0, atol=0)
+
+
+def test_a_marked_negative_prompt_keeps_its_mark():
+    job = tiny_job(prompt="a red cube", negative_prompt="A red cube with a white front.")
+    teacher = PocketPredictor(guidance_settings(job), "cpu", cond_views=8, world_views=2)
+    assert teacher.negative == "a red cube with a white front"
+    assert int(teacher.uncond.obj[0]) == world.object_index("a red cube with a white front")

@@ -15,7 +15,7 @@ branches see only data framed like the judged image (apparent size of the bounds
 the conditional and unconditional branch.
 
 Camera-blind, a marked object's data ("a red cube with a white front") are drawn with a
-photo collection's front bias (`guidance.front_bias`: that share of cameras sees the front),
+photo collection's front bias (`guidance.front_bias`: that share of them from the front view),
 which is what makes SDS put the mark on every side (Janus, docs/QUALITY.md). A `Blend` of
 direction prompts (Perp-Neg) is the mixture of the direction buckets' data with its weights.
 
@@ -79,7 +79,7 @@ class PocketPredictor(NoisePredictor):
         self.negative = None
         if negative:
             try:
-                self.negative = world.prompt_for(*world.parse_prompt(negative))
+                self.negative = world.prompt_for(*parse_object(negative))
             except world.PocketPromptError as error:
                 raise ValueError(f"negative_prompt: {error.problem}") from None
         if self.pose_matched:  # data are rendered per judged camera (posed.py); nothing to cache
