@@ -42,7 +42,8 @@ def test_bad_options_are_refused_before_any_work(argv, message, capsys):
 def test_a_short_marked_run_reports_the_measure_by_name():
     done = subprocess.run([sys.executable, "-m", "blender_sds.engine", "bench", "janus", "--methods", "perp-neg",
                            "--prompts", "a red cube with a white front;a yellow cone", "--seeds", "0",
-                           "--steps", "12", "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--steps", "6", "--override", '{"render": {"resolution": 16}, "mesh": {"resolution": 32}}',
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     figures = report["methods"]["perp-neg"]
