@@ -37,8 +37,8 @@ PRESET = "draft"  # 400 steps: 40 assets in under 30 minutes on a 2-core CPU
 LAB = {"guidance": {"kind": "pocket", "pose_matched": False}}
 
 
-def _list(text: str, what: str, parse=str) -> list:
-    items = [item.strip() for item in text.split(";" if what == "prompts" else ",") if item.strip()]
+def _list(text: str, what: str, parse=str, sep: str = ",") -> list:
+    items = [item.strip() for item in text.split(sep) if item.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"no {what} in {text!r}")
     return [parse(item) for item in items]
@@ -68,7 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     try:
         args.methods = _list(args.methods, "methods")
         args.seeds = _list(args.seeds, "seeds", int)
-        args.prompts = _list(args.prompts, "prompts") if args.prompts else list(MARKED + PLAIN)
+        args.prompts = _list(args.prompts, "prompts", sep=";") if args.prompts else list(MARKED + PLAIN)
         args.override = json.loads(args.override) if args.override else {}
     except (argparse.ArgumentTypeError, ValueError) as error:
         p.error(str(error))
@@ -109,12 +109,14 @@ def predictions_per_step(out_dir: Path) -> float | None:
 def judge_one(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
     result = run_one(job, args, out_dir)
     result.update(seed=job["seed"], predictions=predictions_per_step(out_dir))
-    if world.mark_srgb(job["prompt"]) is not None and not result.get("error"):
-        with np.load(out_dir / MESH_FILE) as data:
-            mesh = {k: data[k] for k in data.files}
-        result.update(janus.janus_figures(mesh, job["prompt"], job["bounds"]))
-    elif world.mark_srgb(job["prompt"]) is not None:
+    if world.mark_srgb(job["prompt"]) is None:
+        return result
+    if result.get("error"):
         result.update(janus=True, front_kept=False, mark_share=None)  # no mesh: it kept nothing
+        return result
+    with np.load(out_dir / MESH_FILE) as data:
+        mesh = {k: data[k] for k in data.files}
+    result.update(janus.janus_figures(mesh, job["prompt"], job["bounds"]))
     return result
 
 

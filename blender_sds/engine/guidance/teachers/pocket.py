@@ -91,6 +91,7 @@ class PocketPredictor(NoisePredictor):
         front_bias = settings.front_bias if parsed.mark else None
         self.cond = dataset.object_views(self.object, r, cond_views, 0, supersample,
                                          front_bias=front_bias).to(self.device)
+        self.buckets = F.one_hot(self.cond.direction, len(DIRECTIONS)).float()  # (N,4) each datum's direction
         if self.negative:
             self.uncond = dataset.object_views(self.negative, r, cond_views, 1, supersample).to(self.device)
         else:
@@ -134,8 +135,7 @@ class PocketPredictor(NoisePredictor):
         allowed = weights > 0
         empty = ~allowed.any(dim=-1, keepdim=True)
         mask = framing_mask(self.cond.framing, self.judged_framing(views), allowed | empty, FRAMING_MINIMUM[0])
-        bucket = torch.nn.functional.one_hot(self.cond.direction, len(DIRECTIONS)).float()  # (N,4)
-        counts = (mask.float() @ bucket)[:, self.cond.direction]  # (B,N) kept data of each datum's bucket
+        counts = (mask.float() @ self.buckets)[:, self.cond.direction]  # (B,N) kept data of each datum's bucket
         log_w = weights.clamp_min(1e-30).log() - counts.clamp_min(1).log()
         return mask, log_w.masked_fill(~mask | empty, 0.0)
 
