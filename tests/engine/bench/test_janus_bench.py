@@ -25,13 +25,17 @@ def test_each_method_is_its_guidance_keys_on_the_camera_blind_front_biased_teach
         assert {k: g[k] for k in kinds.method(method).guidance} == kinds.method(method).guidance
         assert job["seed"] == 3 and job["steps"] == 9 and job["preset"] == bench_janus.PRESET
     biased = bench_janus.job_for("sds", args.prompts[0], 0, bench_janus.parse_args(["--front-bias", "0.6"]))
-    assert biased["guidance"]["front_bias"] == 0.6
+    assert biased["guidance"]["front_bias"] == 0.6 and biased["steps"] == bench_janus.STEPS
+    as_preset = bench_janus.job_for("sds", args.prompts[0], 0, bench_janus.parse_args(["--steps", "0"]))
+    assert as_preset["steps"] == kinds.kind("pocket").presets[bench_janus.PRESET]["steps"]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "sds,magic"], "--methods: unknown 'magic'"),
     (["--prompts", "a red teapot"], "--prompts: prompt: 'a red teapot' is not in the pocket world"),
     (["--seeds", "one"], "invalid literal"),
+    (["--jobs", "0"], "--jobs: must be at least 1, got 0"),
+    (["--steps", "-3"], "--steps: must be 0 (the preset's) or more, got -3"),
 ])
 def test_bad_options_are_refused_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -40,9 +44,10 @@ def test_bad_options_are_refused_before_any_work(argv, message, capsys):
 
 
 def test_a_short_marked_run_reports_the_measure_by_name():
+    """Two assets in two processes: each result is reported under its own prompt, in the plan's order."""
     done = subprocess.run([sys.executable, "-m", "blender_sds.engine", "bench", "janus", "--methods", "perp-neg",
                            "--prompts", "a red cube with a white front;a yellow cone", "--seeds", "0",
-                           "--steps", "6", "--override", '{"render": {"resolution": 16}, "mesh": {"resolution": 32}}',
+                           "--steps", "6", "--jobs", "2", "--override", '{"render": {"resolution": 16}, "mesh": {"resolution": 32}}',
                            "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
@@ -52,6 +57,7 @@ def test_a_short_marked_run_reports_the_measure_by_name():
         assert key in figures, key
     assert figures["marked_assets"] == 1 and figures["plain_assets"] == 1
     assert 0.0 <= figures["janus_rate"] <= 1.0 and 2.0 <= figures["predictions_per_step"] <= 4.0
+    assert [r["prompt"] for r in report["results"]["perp-neg"]] == ["a red cube with a white front", "a yellow cone"]
     marked = [r for r in report["results"]["perp-neg"] if "janus" in r]
     assert len(marked) == 1 and len(marked[0]["mark_share"]) == 8
     assert figures["janus_rate"] == float(marked[0]["janus"])
