@@ -14,8 +14,9 @@ import math
 import numbers
 import os
 import re
+import stat
 
-from . import kinds
+from . import json_gate, kinds
 
 SCHEMA_VERSION = 1
 PRESETS: dict[str, dict] = {
@@ -43,6 +44,13 @@ _GUIDANCE_KEYS = ("kind", "rule", "model", "config", "scale", "t_range", "t_sche
 PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_sb": [1.0, 0.5, -0.606],
                     "f_fsb": [1.0, 0.5, 0.967]}
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
+MAX_JOB_BYTES = 16 * 1024 * 1024  # a job with a 1,000-camera rig is under 1 MB
+MAX_MESSAGE = 300  # characters of one error line
+MAX_KEY_ECHO = 60  # characters of an unknown key name shown back
+# Physical sense, past what a finite-number check lets through (docs/JOB.md "Limits").
+BOUNDS_SIZE = (1e-3, 1e4)  # a millimetre to ten kilometres, in Blender units (metres)
+MAX_COORDINATE = 1e6  # bounds centre and camera positions
+MAX_RENDER_SAMPLES = 2**31  # render resolution^2 x batch x samples: past int32 indexing, and ~TBs of memory
 
 
 def preset_table(kind: str) -> dict[str, dict]:
@@ -55,9 +63,16 @@ class JobError(ValueError):
     """A bad job: `key` is the dotted path of the offending value, `problem` what was wrong."""
 
     def __init__(self, key: str, problem: str):
+        key, problem = _clip(key, MAX_KEY_ECHO * 2), _clip(problem, MAX_MESSAGE - min(len(key), MAX_KEY_ECHO * 2) - 2)
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+def _clip(text: str, limit: int) -> str:
+    """One line of at most `limit` characters: whatever the input echoed, the message stays readable."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:max(limit - 3, 1)] + "..."
 
 
 # -- reading one value ------------------------------------------------------------------------
@@ -83,7 +98,8 @@ def _describe(value) -> str:
 
 
 def _join(key: str, name) -> str:
-    return f"{key}.{name}" if key else str(name)
+    name = _clip(repr(name) if not isinstance(name, str) else name, MAX_KEY_ECHO)
+    return f"{key}.{name}" if key else name
 
 
 def _is_int(value) -> bool:
@@ -150,7 +166,7 @@ def _choice(value, key: str, choices, what: str) -> str:
     if not isinstance(value, str):
         raise JobError(key, f"must be a string, one of {', '.join(choices)}; got {_describe(value)}")
     if value not in choices:
-        raise JobError(key, f"unknown {what} {value!r}; {what}s: {', '.join(choices)}")
+        raise JobError(key, f"unknown {what} {_describe(value)}; {what}s: {', '.join(choices)}")
     return value
 
 
@@ -251,25 +267,74 @@ def validate_camera(raw, key: str) -> dict:
     name = cam.get("name")
     if name is not None:
         name = _str(name, _join(key, "name"))
-    return {
-        "c2w": _c2w(cam["c2w"], _join(key, "c2w")),
-        "width": _int(cam["width"], _join(key, "width"), 1, 8192),
-        "height": _int(cam["height"], _join(key, "height"), 1, 8192),
-        "fx": _number(cam["fx"], _join(key, "fx"), gt=0),
-        "fy": _number(cam["fy"], _join(key, "fy"), gt=0),
-        "cx": _number(cam["cx"], _join(key, "cx")),
-        "cy": _number(cam["cy"], _join(key, "cy")),
-        "type": kind,
-        "name": name,
-    }
+    c2w = _c2w(cam["c2w"], _join(key, "c2w"))
+    if any(abs(c2w[i][3]) > MAX_COORDINATE for i in range(3)):
+        raise JobError(_join(key, "c2w"), f"the camera stands over {MAX_COORDINATE:g} units from the origin "
+                                          f"({_describe([row[3] for row in c2w[:3]])}); move it near the object")
+    width = _int(cam["width"], _join(key, "width"), 1, 8192)
+    height = _int(cam["height"], _join(key, "height"), 1, 8192)
+    out = {"c2w": c2w, "width": width, "height": height, "type": kind, "name": name}
+    # Focal lengths from a 0.001-degree telephoto to a 179.9-degree wide angle; the principal
+    # point within ten frames of the frame (Blender's lens shift goes to 2 frames).
+    for axis, side in (("x", width), ("y", height)):
+        focal = _number(cam[f"f{axis}"], _join(key, f"f{axis}"), gt=0)
+        if not 1e-3 * side <= focal <= 1e5 * side:
+            raise JobError(_join(key, f"f{axis}"), f"must be between {1e-3:g} and {1e5:g} times the frame "
+                                                   f"({side} px), got {_describe(cam[f'f{axis}'])}")
+        centre = _number(cam[f"c{axis}"], _join(key, f"c{axis}"))
+        if abs(centre - side / 2) > 10 * side:
+            raise JobError(_join(key, f"c{axis}"), f"the principal point must lie within 10 frames of the frame's "
+                                                   f"centre ({side / 2:g} px), got {_describe(cam[f'c{axis}'])}")
+        out[f"f{axis}"], out[f"c{axis}"] = focal, centre
+    return {k: out[k] for k in ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")}
+
+
+def sees_bounds(camera: dict, bounds: dict) -> bool:
+    """Whether any of the bounds cube can be inside the centre square of the camera's frame (what
+    training renders; cameras.square_crop). Generous: a camera inside the cube, or with the cube
+    reaching behind it, sees it; else the box of the corners' projections must meet the square.
+    A camera refused here sees nothing of the object."""
+    m, half = camera["c2w"], bounds["size"] / 2
+    eye = [m[i][3] for i in range(3)]
+    if all(abs(eye[i] - bounds["center"][i]) <= half for i in range(3)):
+        return True
+    us, vs, behind = [], [], 0
+    for corner in range(8):
+        p = [bounds["center"][i] + (half if corner >> i & 1 else -half) - eye[i] for i in range(3)]
+        x, y, z = (sum(m[r][c] * p[r] for r in range(3)) for c in range(3))  # world -> camera: R^T p
+        if z >= 0:  # at or behind the camera (it looks down -z)
+            behind += 1
+            continue
+        us.append(camera["cx"] + camera["fx"] * x / -z)
+        vs.append(camera["cy"] - camera["fy"] * y / -z)
+    if behind:  # all behind: it looks away; some: the cube reaches round beside the camera
+        return behind < 8
+    side = min(camera["width"], camera["height"])
+    left, top = (camera["width"] - side) / 2, (camera["height"] - side) / 2
+    return max(us) >= left and min(us) <= left + side and max(vs) >= top and min(vs) <= top + side
+
+
+def _check_cameras_see(cameras: list[tuple[str, dict]], bounds: dict) -> None:
+    for key, camera in cameras:
+        if not sees_bounds(camera, bounds):
+            name = f" ({_describe(camera['name'])})" if camera.get("name") else ""
+            raise JobError(key, f"camera{name} does not see the bounds (centre "
+                                          f"{_describe(bounds['center'])}, size {bounds['size']:g}); aim it at the "
+                                          "object, or pick another camera")
 
 
 # -- sections ---------------------------------------------------------------------------------
 
 def _bounds(raw) -> dict:
     b = _object(raw, "bounds", ("center", "size"))
-    return {"center": _numbers(b.get("center", [0.0, 0.0, 0.0]), "bounds.center", 3),
-            "size": _number(b.get("size", 2.0), "bounds.size", gt=0)}
+    center = _numbers(b.get("center", [0.0, 0.0, 0.0]), "bounds.center", 3)
+    if any(abs(x) > MAX_COORDINATE for x in center):
+        raise JobError("bounds.center", f"each coordinate must be within +-{MAX_COORDINATE:g}, got {_describe(center)}")
+    size = _number(b.get("size", 2.0), "bounds.size", gt=0)
+    if not BOUNDS_SIZE[0] <= size <= BOUNDS_SIZE[1]:
+        raise JobError("bounds.size", f"must be between {BOUNDS_SIZE[0]:g} and {BOUNDS_SIZE[1]:g} (Blender units), "
+                                      f"got {_describe(b.get('size'))}")
+    return {"center": center, "size": size}
 
 
 def _model_source(value, key: str, base_dir, *, single_file: bool) -> tuple[str, bool]:
@@ -382,7 +447,7 @@ def _guidance(raw, base_dir) -> dict:
         "rule": rule,
         "model": model,
         "config": config,
-        "scale": _number(g.get("scale", spec.scale), "guidance.scale", gt=0),
+        "scale": _number(g.get("scale", spec.scale), "guidance.scale", gt=0, le=1000),
         "t_range": [lo, hi],
         "t_schedule": _choice(g.get("t_schedule", "random"), "guidance.t_schedule", ("random", "anneal"),
                               "t_schedule"),
@@ -466,12 +531,12 @@ def _cameras(raw, spec: kinds.KindSpec) -> dict:
         "rig": rig,
         "elevation": _range(c.get("elevation", [-10.0, 45.0]), "cameras.elevation", lo=-90, hi=90),
         "azimuth": _range(c.get("azimuth", [-180.0, 180.0]), "cameras.azimuth", lo=-360, hi=360),
-        "distance": _range(c.get("distance", [1.5, 2.0]), "cameras.distance", positive=True),
+        "distance": _range(c.get("distance", [1.5, 2.0]), "cameras.distance", lo=0.01, hi=1000, positive=True),
         "fovy": _range(c.get("fovy", [40.0, 70.0]), "cameras.fovy", lo=1, hi=170),
-        "jitter": {"position": _number(jitter.get("position", 0.02), "cameras.jitter.position", ge=0),
-                   "rotation": _number(jitter.get("rotation", 1.0), "cameras.jitter.rotation", ge=0),
+        "jitter": {"position": _number(jitter.get("position", 0.02), "cameras.jitter.position", ge=0, le=1),
+                   "rotation": _number(jitter.get("rotation", 1.0), "cameras.jitter.rotation", ge=0, le=180),
                    "target": _number(jitter.get("target", spec.target_jitter),
-                                     "cameras.jitter.target", ge=0)},
+                                     "cameras.jitter.target", ge=0, le=1)},
         "rig_fraction": _number(c.get("rig_fraction", 0.5), "cameras.rig_fraction", ge=0, le=1),
     }
 
@@ -479,9 +544,15 @@ def _cameras(raw, spec: kinds.KindSpec) -> dict:
 def _render(raw, preset: dict) -> dict:
     r = _object(raw, "render", ("resolution", "batch", "samples"))
     d = preset["render"]
-    return {"resolution": _int(r.get("resolution", d["resolution"]), "render.resolution", 8, 1024),
-            "batch": _int(r.get("batch", d["batch"]), "render.batch", 1, 64),
-            "samples": _int(r.get("samples", d["samples"]), "render.samples", 8, 2048)}
+    render = {"resolution": _int(r.get("resolution", d["resolution"]), "render.resolution", 8, 1024),
+              "batch": _int(r.get("batch", d["batch"]), "render.batch", 1, 64),
+              "samples": _int(r.get("samples", d["samples"]), "render.samples", 8, 2048)}
+    total = render["resolution"] ** 2 * render["batch"] * render["samples"]
+    if total > MAX_RENDER_SAMPLES:
+        raise JobError("render", f"resolution^2 x batch x samples is {total:.3g} points a step, over "
+                                 f"{MAX_RENDER_SAMPLES:.3g} (terabytes of memory); lower render.resolution, "
+                                 "render.batch or render.samples")
+    return render
 
 
 def _optim(raw, spec: kinds.KindSpec, steps: int) -> dict:
@@ -490,7 +561,7 @@ def _optim(raw, spec: kinds.KindSpec, steps: int) -> dict:
     albedo = _int(o.get("albedo_steps", int(0.2 * steps)), "optim.albedo_steps", 0)
     if albedo > steps:
         raise JobError("optim.albedo_steps", f"must be at most steps ({steps}), got {albedo}")
-    return {"lr": _number(o.get("lr", 0.01), "optim.lr", gt=0),
+    return {"lr": _number(o.get("lr", 0.01), "optim.lr", gt=0, le=1),
             "orientation": _number(o.get("orientation", 10.0 if text else 0.0), "optim.orientation", ge=0),
             "sparsity": _number(o.get("sparsity", 1.0 if text else 0.0), "optim.sparsity", ge=0),
             "opaque": _number(o.get("opaque", spec.opaque), "optim.opaque", ge=0),
@@ -566,6 +637,11 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     preset = preset_table(kind)[preset_name]
     steps = _int(raw.get("steps", preset["steps"]), "steps", 1, 100000)
 
+    bounds = _bounds(raw.get("bounds", {}))
+    cameras = _cameras(raw.get("cameras", {}), spec)
+    _check_cameras_see([(f"cameras.rig[{i}]", c) for i, c in enumerate(cameras["rig"])]
+                       + [(f"guidance.views[{i}].camera", v["camera"]) for i, v in enumerate(guidance["views"])],
+                       bounds)
     return {
         "version": SCHEMA_VERSION,
         "prompt": prompt,
@@ -573,9 +649,9 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
         "seed": _int(raw.get("seed", 0), "seed", 0, 2**32 - 1),
         "preset": preset_name,
         "steps": steps,
-        "bounds": _bounds(raw.get("bounds", {})),
+        "bounds": bounds,
         "guidance": guidance,
-        "cameras": _cameras(raw.get("cameras", {}), spec),
+        "cameras": cameras,
         "render": _render(raw.get("render", {}), preset),
         "optim": _optim(raw.get("optim", {}), spec, steps),
         "init": _init(raw.get("init", {}), base_dir),
@@ -588,21 +664,42 @@ def load_job(path) -> dict:
     """Read, parse and validate a job file; its relative paths are read against its folder."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        kind = os.stat(path).st_mode  # before open: opening a FIFO would wait for a writer forever
+        if stat.S_ISDIR(kind):
+            raise JobError(path, "is a folder, not a job file")
+        if not stat.S_ISREG(kind):
+            raise JobError(path, "is not a regular file (a pipe, device or socket); save the job to a file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_JOB_BYTES + 1)  # a link to /dev/zero grew since the check: read no more
+        if len(data) > MAX_JOB_BYTES:
+            raise JobError(path, f"is over {MAX_JOB_BYTES // 2**20} MiB; a job file is a few kB")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise JobError(path, "no such job file") from None
-    except IsADirectoryError:
-        raise JobError(path, "is a folder, not a job file") from None
     except UnicodeDecodeError as e:
         raise JobError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise JobError(path, f"cannot read the job file: {e.strerror or e}") from None
+    return validate_job(parse_job_text(text, path), base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def parse_job_text(text: str, where: str) -> dict:
+    """A job's JSON, parsed within json_gate's bounds; `where` (the file) is named in the error."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise JobError(path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
-    return validate_job(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+        return json_gate.loads(text)
+    except json_gate.JsonGateError as e:
+        raise JobError(where, str(e)) from None
+
+
+def with_steps(job: dict, steps: int) -> dict:
+    """A normalised job re-made for another step count (`run --steps N`): the keys counted in its
+    steps (optim.albedo_steps) keep their share of the run, and the whole is validated again."""
+    raw = copy.deepcopy(job)
+    steps = _int(steps, "steps", 1, 100000)
+    old = max(int(job["steps"]), 1)
+    raw["optim"]["albedo_steps"] = min(round(job["optim"]["albedo_steps"] * steps / old), steps)
+    raw["steps"] = steps
+    return validate_job(raw)
 
 
 def dumps(job: dict) -> str:

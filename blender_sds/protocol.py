@@ -29,7 +29,7 @@ import math
 import re
 import threading
 
-from . import results
+from . import json_gate, results
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a job with a large rig is tens of kB; anything near this is a fault
@@ -139,19 +139,13 @@ def decode(line: bytes | str) -> dict:
     if len(line) > MAX_LINE_BYTES:
         raise LineTooLong(f"line of {len(line)} bytes is over the {MAX_LINE_BYTES}-byte limit")
     try:
-        message = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        message = json_gate.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # json_gate: too deep, a huge number, NaN, bad JSON
         raise ProtocolError(f"not a JSON line ({exc}): {_short(line)}") from None
-    except RecursionError:
-        raise ProtocolError(f"not a JSON line (nested too deeply): {_short(line)}") from None
     try:
         return check_message(message)
     except RecursionError:
         raise ProtocolError("a message nested too deeply") from None
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
 
 
 def _finite_only(value):

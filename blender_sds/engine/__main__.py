@@ -64,14 +64,11 @@ def bad_input(message: str) -> int:
 
 
 def cmd_run(args) -> int:
-    from ..job import JobError, load_job
+    from ..job import JobError, load_job, with_steps
     try:
         job = load_job(args.job)
         if args.steps is not None:
-            from ..job import validate_job
-            raw = dict(job)
-            raw["steps"] = args.steps
-            job = validate_job(raw)
+            job = with_steps(job, args.steps)
     except JobError as exc:
         return bad_input(str(exc))
     from .guidance.predictors.model_source import ModelSourceError

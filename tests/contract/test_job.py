@@ -4,13 +4,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from blender_sds import kinds
-from blender_sds.job import PRESETS, SCHEMA_VERSION, JobError, dumps, load_job, preset_table, validate_camera, validate_job
+from blender_sds.job import (PRESETS, SCHEMA_VERSION, JobError, dumps, load_job, preset_table, validate_camera,
+                             validate_job, with_steps)
 from blender_sds.kinds.pocket import PRESETS as POCKET_PRESETS
 
 KINDS = kinds.kind_names()
@@ -125,7 +127,9 @@ MALFORMED = [
      "guidance.model", "not a single-file checkpoint"),
     ("config-without-single-file", put("guidance", "config", "org/config"), "guidance.config",
      "only used with a single-file checkpoint"),
-    ("scale-negative", put("guidance", "scale", -1), "guidance.scale", "must be a number > 0, got -1"),
+    ("scale-negative", put("guidance", "scale", -1), "guidance.scale", "must be a number > 0 and <= 1000, got -1"),
+    ("scale-absurd", put("guidance", "scale", 1e300), "guidance.scale", "<= 1000, got 1e+300"),
+    ("lr-absurd", put("optim", {"lr": 1e300}), "optim.lr", "must be a number > 0 and <= 1, got 1e+300"),
     ("scale-nan", put("guidance", "scale", NAN), "guidance.scale", "finite"),
     ("scale-bool", put("guidance", "scale", True), "guidance.scale", "got true"),
     ("t-range-zero", put("guidance", "t_range", [0, 0.5]), "guidance.t_range", "0 < lo < hi < 1"),
@@ -174,6 +178,21 @@ MALFORMED = [
      "orthographic cameras are not supported yet"),
     ("camera-pano", put(*RIG0, "type", "PANO"), "cameras.rig[0].type", "panoramic cameras are not supported yet"),
     ("bounds-size-zero", put("bounds", "size", 0), "bounds.size", "> 0, got 0"),
+    ("bounds-size-huge", put("bounds", "size", 1e300), "bounds.size", "between 0.001 and 10000 (Blender units), got 1e+300"),
+    ("bounds-size-tiny", put("bounds", "size", 1e-300), "bounds.size", "got 1e-300"),
+    ("bounds-center-far", put("bounds", "center", [0, 0, 1e9]), "bounds.center", "within +-1e+06"),
+    ("cy-absurd", put(*RIG0, "cy", 1e30), "cameras.rig[0].cy", "within 10 frames of the frame's centre (256 px)"),
+    ("fx-absurd", put(*RIG0, "fx", 1e-9), "cameras.rig[0].fx", "between 0.001 and 100000 times the frame"),
+    ("camera-far", put(*RIG0, "c2w", 1, 3, -1e7), "cameras.rig[0].c2w", "over 1e+06 units from the origin"),
+    ("camera-looks-away", lambda j: put(*RIG0, "name", "Camera.003")(put(*RIG0, "c2w", [[-1, 0, 0, 0], [0, 0, 1, -4],
+                                                                                      [0, 1, 0, 1], [0, 0, 0, 1]])(j)),
+     "cameras.rig[0]", 'camera (\'Camera.003\') does not see the bounds'),
+    ("view-camera-looks-away", as_reference(put("guidance", "views", 0, "camera", "c2w", 1, 3, 40)),
+     "guidance.views[0].camera", "does not see the bounds"),
+    ("render-too-many-points", put("render", {"resolution": 1024, "batch": 64, "samples": 2048}), "render",
+     "points a step, over 2.15e+09"),
+    ("unknown-key-long", put("k" * 5000, 1), "k" * 57 + "...", "unknown key"),
+    ("preset-long", put("preset", "p" * 200000), "preset", "unknown preset 'ppppp"),
     ("bounds-center-short", put("bounds", "center", [0, 0]), "bounds.center", "3 finite numbers, got [0, 0]"),
     ("bounds-center-inf", put("bounds", "center", [0, INF, 0]), "bounds.center", "no NaN or infinity"),
     ("elevation-reversed", put("cameras", "elevation", [45, -10]), "cameras.elevation", "lo <= hi"),
@@ -203,6 +222,7 @@ def test_malformed_job_names_key_and_problem(base, mutate, key, fragment):
     assert str(err).startswith(f"{key}: ")
     assert str(err) == f"{err.key}: {err.problem}"
     assert fragment in err.problem
+    assert len(str(err)) <= 300 and "\n" not in str(err)
     assert isinstance(err, ValueError)
 
 
@@ -305,6 +325,46 @@ def test_load_job_bad_json_gives_line_and_column(tmp_path):
         load_job(path)
     assert info.value.key == str(path)
     assert "not valid JSON" in info.value.problem and "line 3, column 17" in info.value.problem
+
+
+def _unreadable_jobs(folder: Path) -> dict[str, tuple[Path, str]]:
+    """What a careless or hostile user may hand over as a job file, and the words of its refusal."""
+    os.mkfifo(folder / "fifo.json")  # opened, it would wait for a writer forever
+    (folder / "zero.json").symlink_to("/dev/zero")  # read whole, it would fill memory
+    (folder / "deep.json").write_text("[" * 5000 + "]" * 5000)
+    (folder / "digits.json").write_text('{"version": ' + "9" * 5000 + "}")
+    (folder / "nan.json").write_text('{"version": 1, "seed": NaN}')
+    with open(folder / "huge.json", "wb") as f:
+        f.truncate(17 * 2**20)  # sparse: 17 MiB of NUL on no disk
+    return {"fifo": (folder / "fifo.json", "not a regular file"),
+            "dev-zero": (folder / "zero.json", "not a regular file"),
+            "deep": (folder / "deep.json", "nested more than 64 levels deep"),
+            "digits": (folder / "digits.json", "a number of 5000 characters"),
+            "nan": (folder / "nan.json", "NaN is not JSON"),
+            "huge": (folder / "huge.json", "is over 16 MiB")}
+
+
+def test_load_job_refuses_what_is_not_a_small_json_file_by_its_name(tmp_path):
+    for name, (path, words) in _unreadable_jobs(tmp_path).items():
+        with pytest.raises(JobError) as info:
+            load_job(path)
+        assert info.value.key == str(path), name
+        assert words in info.value.problem, (name, str(info.value))
+        assert len(str(info.value)) <= 300, name
+
+
+def test_run_steps_rescales_what_counts_steps(base):
+    """`run JOB --steps N` on a job normalised for another count (albedo_steps 1000 of 5000)."""
+    job = validate_job(design_example(), base_dir=base)
+    assert job["optim"]["albedo_steps"] == 1000 and job["steps"] == 5000
+    for steps in (1, 2, 700, 5000, 100000):
+        again = with_steps(job, steps)
+        assert again["steps"] == steps and again["optim"]["albedo_steps"] == round(0.2 * steps)
+        assert {k: v for k, v in again.items() if k not in ("steps", "optim")} == \
+            {k: v for k, v in job.items() if k not in ("steps", "optim")}
+    with pytest.raises(JobError) as info:
+        with_steps(job, 0)
+    assert str(info.value) == "steps: must be an int 1 .. 100000, got 0"
 
 
 def test_load_job_resolves_paths_against_its_folder(base, tmp_path_factory, monkeypatch):

@@ -109,3 +109,36 @@ def test_orbit_look_at_jitter_follows_the_job():
 
     assert centre_offsets(0.0).max() < 1e-3  # the bounds centre is the image centre
     assert centre_offsets(0.05).max() > 1.0  # the default shakes it by pixels
+
+
+def test_the_validators_sees_bounds_never_refuses_a_camera_whose_rays_meet_the_bounds():
+    """job.sees_bounds (standard library, no renderer) against the renderer's own rays: every
+    camera one of whose rays meets the cube passes; of those it refuses, no ray does."""
+    from blender_sds.engine.scene.cameras import look_at
+    from blender_sds.engine.scene.renderer import ray_box
+    from blender_sds.job import sees_bounds
+
+    g = torch.Generator().manual_seed(5)
+    bounds = {"center": [0.3, -0.2, 1.0], "size": 2.0}
+    center = torch.tensor(bounds["center"])
+    eye = center + 4 * (torch.rand(200, 3, generator=g) - 0.5) * 2  # some inside the cube
+    target = eye + torch.nn.functional.normalize(torch.randn(200, 3, generator=g), dim=-1)
+    c2w = look_at(eye, target)
+    refused = seen = 0
+    for i in range(200):
+        width, height = (24, 16) if i % 2 else (16, 16)
+        focal = float(torch.empty(()).uniform_(6.0, 40.0, generator=g))
+        camera = {"c2w": c2w[i].tolist(), "width": width, "height": height, "fx": focal, "fy": focal,
+                  "cx": width / 2, "cy": height / 2}
+        fx, fy, cx, cy = square_crop(camera, 16)
+        one = lambda v: torch.tensor([v], dtype=torch.float32)  # noqa: E731
+        views = ViewBatch(c2w=c2w[i:i + 1], fx=one(fx), fy=one(fy), cx=one(cx), cy=one(cy), width=16, height=16,
+                          azimuth=one(0.0), elevation=one(0.0))
+        origins, dirs = ray_bundle(views)
+        near, far = ray_box(origins.reshape(-1, 3), dirs.reshape(-1, 3), center, bounds["size"])
+        hits = bool((far > near).any())
+        sees = sees_bounds(camera, bounds)
+        assert sees or not hits, f"camera {i} meets the bounds but was refused"
+        refused += not sees
+        seen += hits
+    assert refused > 25 and seen > 25  # both kinds were drawn: the check can fail either way
