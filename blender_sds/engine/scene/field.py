@@ -186,9 +186,11 @@ class HashGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if encode_backend(self, x.device) == "triton":
             from . import hashgrid_triton  # lazily: the engine imports without triton
-            return hashgrid_triton.TritonEncode.apply(self.table, x.detach(), self).reshape(x.shape[0], -1)
-        # One gather and one scatter for all levels: the table's gradient is zeroed once.
-        return _Encode.apply(self.table, x.detach(), self).reshape(x.shape[0], -1)
+            encoded = hashgrid_triton.TritonEncode.apply(self.table, x.detach(), self)
+            return encoded.reshape(x.shape[0], self.out_dim)
+        # One gather and one scatter for all levels: the table's gradient is zeroed once. The
+        # width is named, not -1: a view that misses the bounds brings no points at all.
+        return _Encode.apply(self.table, x.detach(), self).reshape(x.shape[0], self.out_dim)
 
 
 def encode_backend(grid: HashGrid, device) -> str:

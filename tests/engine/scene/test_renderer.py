@@ -95,3 +95,23 @@ def test_orientation_penalises_normals_that_face_away_from_the_camera():
         field.density_head[-1].bias.fill_(60.0)
     inverted = render(field, views, 64, shading="lambertian", light=light, stratified=False, want_orientation=True)
     assert float(inverted.regularisers["orientation"].detach()) > 0.3
+
+
+def test_a_view_that_misses_the_bounds_renders_its_background_and_back_propagates():
+    """No ray meets the cube (a jittered rig camera at the edge can do this): the render is the
+    background, lit or not, and the step's backward pass runs (it once failed to reshape 0 points)."""
+    field = opaque_sphere()
+    eye = torch.tensor([[0.0, -3.0, 0.0]])
+    c2w = look_at(eye, eye + torch.tensor([[0.0, -1.0, 0.0]]))  # looking away from the origin
+    res = 8
+    focal, half = torch.tensor([res / (2 * math.tan(math.radians(12)))]), torch.tensor([res / 2])
+    azimuth, elevation = angles_of(c2w, torch.zeros(3))
+    away = ViewBatch(c2w=c2w, fx=focal, fy=focal, cx=half, cy=half, width=res, height=res,
+                     azimuth=azimuth, elevation=elevation)
+    background = torch.tensor([[0.2, 0.5, 0.9]])
+    for shading in ("albedo", "lambertian"):
+        out = render(field, away, 16, shading=shading, light=eye, background=background, want_orientation=True)
+        assert out.figures["samples_evaluated"] == 0
+        assert torch.equal(out.opacity, torch.zeros_like(out.opacity))
+        assert torch.allclose(out.image, background.view(1, 3, 1, 1).expand_as(out.image))
+        (out.image.sum() + sum(out.regularisers.values())).backward()
