@@ -54,7 +54,7 @@ class SDS_SceneSettings(bpy.types.PropertyGroup):
     bounds_object: PointerProperty(name="Bounds Object", type=bpy.types.Object,
                                    description="The asset lives in this object's bounding box (empty: a cube of "
                                                "Bounds Size at the 3D cursor)")
-    bounds_size: FloatProperty(name="Bounds Size", min=0.001, default=2.0, subtype="DISTANCE", unit="LENGTH",
+    bounds_size: FloatProperty(name="Bounds Size", min=0.001, max=10000.0, default=2.0, subtype="DISTANCE", unit="LENGTH",
                                description="Edge of the cube at the 3D cursor that the asset lives in")
     job_overrides: StringProperty(name="Job Overrides",
                                   description="Advanced: a JSON object merged into the job (docs/JOB.md names)")
