@@ -11,44 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
 import bpy
 import numpy as np
 from mathutils import Matrix
 
-from ..results import CHECKPOINT_FILE, JOB_FILE, LOG_FILE, MESH_FILE
-from .errors import ArtistError
+from ..results import CHECKPOINT_FILE
+from . import mesh_checks
 
 COLOR_ATTRIBUTE = "Col"
 
 
 def load_arrays(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vertices (V,3) f32, faces (F,3) i32, colours (V,4) f32) from a result, checked."""
-    path = os.path.join(directory, MESH_FILE)
-    if not os.path.isfile(path):
-        raise ArtistError(f"No {MESH_FILE} in {directory}: pick a finished result folder (a run that stopped "
-                          f"early has none; see {LOG_FILE} there)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in ("vertices", "faces", "colors") if name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ArtistError(f"{path} cannot be read ({exc}): the result is damaged; run the job again") from None
-    missing = [n for n in ("vertices", "faces", "colors") if n not in arrays]
-    if missing:
-        raise ArtistError(f"{path} lacks {', '.join(missing)}: it was not written by this engine version")
-    verts, faces, colors = arrays["vertices"], arrays["faces"], arrays["colors"]
-    for name, arr, width in (("vertices", verts, 3), ("faces", faces, 3), ("colors", colors, 4)):
-        if arr.ndim != 2 or arr.shape[1] != width:
-            raise ArtistError(f"{path}: '{name}' must have shape (N, {width}), has {arr.shape}")
-    if len(faces) == 0 or len(verts) == 0:
-        raise ArtistError(f"{path} holds an empty mesh: nothing to import; try another seed or more steps")
-    if len(colors) != len(verts):
-        raise ArtistError(f"{path}: {len(colors)} colours for {len(verts)} vertices")
-    if faces.min() < 0 or faces.max() >= len(verts):
-        raise ArtistError(f"{path}: face indices outside 0..{len(verts) - 1}")
-    return (np.ascontiguousarray(verts, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.int32),
-            np.ascontiguousarray(colors, dtype=np.float32))
+    """(vertices (V,3) f32, faces (F,3) i32, colours (V,4) f32) from a result, checked (mesh_checks.py)."""
+    return mesh_checks.load_mesh(directory)
 
 
 def build_mesh(name: str, verts: np.ndarray, faces: np.ndarray, colors: np.ndarray):
@@ -61,6 +37,7 @@ def build_mesh(name: str, verts: np.ndarray, faces: np.ndarray, colors: np.ndarr
     me.loops.foreach_set("vertex_index", faces.ravel())
     me.polygons.foreach_set("loop_start", np.arange(0, 3 * n_faces, 3, dtype=np.int32))
     me.update()
+    me.validate()  # what mesh_checks leaves to Blender: duplicate faces, and whatever it knows and we do not
     attr = me.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
     attr.data.foreach_set("color", colors.ravel())
     me.color_attributes.active_color = attr
@@ -88,11 +65,11 @@ def build_material(name: str, mean_color) -> bpy.types.Material:
 def import_result(scene, view_layer, directory: str, name: str | None = None, matrix_world=None):
     """Add the result in `directory` to the view layer's active collection; return the object.
 
-    Reads and checks everything before creating any datablock, so a bad folder leaves the
-    file as it was."""
+    Reads and checks everything before creating any datablock (mesh_checks.py), so a bad
+    folder leaves the file as it was."""
     directory = os.path.abspath(bpy.path.abspath(directory))
     verts, faces, colors = load_arrays(directory)
-    job_text = _read_text(os.path.join(directory, JOB_FILE))
+    job_text = mesh_checks.read_job(directory)
     checkpoint = os.path.join(directory, CHECKPOINT_FILE)
     name = name or _name_from_job(job_text) or "SDS Result"
 
@@ -113,14 +90,6 @@ def import_result(scene, view_layer, directory: str, name: str | None = None, ma
     ob.select_set(True)
     view_layer.objects.active = ob
     return ob
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError:
-        return None
 
 
 def _name_from_job(job_text: str | None) -> str | None:
