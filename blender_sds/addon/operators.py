@@ -15,6 +15,7 @@ from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import importer, job_builder, preferences, runner, worker_env
 from .errors import ArtistError
+from ..results import LOG_FILE, read_status
 
 
 class _Reporting:
@@ -149,6 +150,11 @@ class SDS_OT_import_result(_Reporting, bpy.types.Operator):
         def work():
             if not self.directory:
                 raise ArtistError("Import Result needs a folder (directory=...)")
+            found = read_status(self.directory)  # a mesh.npz beside a killed or failed run is no result
+            if found["state"] not in ("complete", "none"):
+                why = f": {found['message']}" if found.get("message") else ""
+                raise ArtistError(f"No finished result in {self.directory}: its run's status is {found['state']}{why}; "
+                                  f"see {LOG_FILE} there, or run the job again")
             ob = importer.import_result(context.scene, context.view_layer, self.directory)
             self.report({"INFO"}, f"SDS: added '{ob.name}'")
             return {"FINISHED"}

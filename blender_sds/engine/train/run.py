@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts, faults
+from . import artifacts, faults, memory
 from ..scene.cameras import CameraSampler, fixed_views
 from ..device import pick_device
 from ..guidance import build_guidance
@@ -27,7 +27,7 @@ from ..scene.renderer import Background, render
 from ..settings import Settings
 from .parts import BackgroundPart, FieldPart
 
-from ...results import CHECKPOINT_FILE, JOB_FILE, LOG_FILE, MESH_FILE, PREVIEW_FILE, STATUS_FILE
+from ...results import CHECKPOINT_FILE, JOB_FILE, LOG_FILE, MESH_FILE, PREVIEW_FILE, STATUS_FILE, temp_files, temp_path
 PREVIEW_RESOLUTION = 128
 PREVIEW_DISTANCE = 1.5  # in bounds sizes: the whole box in frame at 45 degrees, the object large
 LIT_SHADING = (("albedo", 0.25), ("textureless", 0.375), ("lambertian", 0.375))  # threestudio's mix
@@ -59,6 +59,8 @@ class Run:
         torch.manual_seed(self.seed)
         self.rng = random.Random(self.seed)
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        init = settings.init  # a file that is no checkpoint is refused before the model loads
+        checkpoint = artifacts.load_checkpoint(init["checkpoint"]) if init["checkpoint"] else None
         bounds = settings.bounds
         self.emit({"type": "stage", "name": "loading guidance"})
         self.guidance = build_guidance(settings.guidance, device)
@@ -77,9 +79,8 @@ class Run:
         self.samples = settings.render_samples
         self.step_length = math.sqrt(3) / self.samples  # one render step, in units of bounds.size
         self.occupancy.update(self.field, 0, self.step_length, self.generator, force=True)
-        init = settings.init
-        if init["checkpoint"]:
-            self.restore(artifacts.load_checkpoint(init["checkpoint"]), resume=init["resume"])
+        if checkpoint is not None:
+            self.restore(checkpoint, resume=init["resume"], path=init["checkpoint"])
 
     # -- reporting ---------------------------------------------------------------------------
     def emit(self, event: dict) -> None:
@@ -94,22 +95,21 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "job": json.loads(json.dumps(self.job))}
 
-    def restore(self, state: dict, resume: bool) -> None:
-        if state.get("field_config") != self.field.cfg.to_dict():
-            raise ValueError("init.checkpoint: the checkpoint's field was made with another preset "
-                             f"({state.get('field_config')}); use the same preset to continue from it")
-        if list(state["job"]["bounds"]["center"]) != list(self.job["bounds"]["center"]) or \
-                state["job"]["bounds"]["size"] != self.job["bounds"]["size"]:
-            raise ValueError("init.checkpoint: the checkpoint's bounds differ from this job's bounds")
+    def restore(self, state: dict, resume: bool, path="the checkpoint") -> None:
+        """Load a checkpoint into the parts (and, to resume, the optimiser and step), once
+        checkpoint_checks has found nothing wrong in it: a refused file loads nothing."""
+        from .checkpoint_checks import check_checkpoint
+        names = [part.name for part in self.parts]
+        check_checkpoint(state, path, expected=self.state(), parts=names, resume=resume, steps=self.settings.steps,
+                         required=[n for n in names if n in ("field", "background") or resume],
+                         groups=[[p.shape for p in group["params"]] for group in self.optimizer.param_groups])
         for part in self.parts:
             if part.name in state:  # a judge's own part starts afresh when refining another rule's run
                 part.load_state_dict(state[part.name])
-            elif part.name in ("field", "background") or resume:
-                raise ValueError(f"init.checkpoint: the checkpoint has no {part.name!r} state to continue from")
         self.occupancy.load_state_dict(state["occupancy"])
         if resume:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.step = int(state["step"])
+            self.step = state["step"]
 
     def save_checkpoint(self) -> Path:
         faults.at_write("checkpoint")
@@ -200,14 +200,27 @@ class Run:
                             min_component=mesh["min_component"], device=self.device)
 
 
+# How each device says it ran out: CUDA and MPS ("MPS backend out of memory"), and the CPU
+# allocator ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ...").
+OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, OSError)) and any(words in text for words in OOM_WORDS)
+
+
+def out_of_memory_message(device, step: int) -> str:
+    where = "GPU memory" if torch.device(device).type in ("cuda", "mps") else "memory (RAM)"
+    return f"out of {where} at step {step}: {OOM_ADVICE}"
 
 
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
+        probe = temp_path(out / "write-test")  # a temp file's name: a kill here leaves nothing the next run keeps
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -218,17 +231,20 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
     """Run a normalised job into `out_dir`; see docs/JOB.md and docs/ARCHITECTURE.md "Result files" for the files.
 
     `status.json` says what the folder holds: running, complete, cancelled or failed
-    (with the message); `mesh.npz` is written last, so only a complete run has one.
+    (with the message); `results.read_status` also tells a run killed on the way
+    (`interrupted`). `mesh.npz` appears only once status says complete (see artifacts).
     """
     started = time.monotonic()
     out = Path(out_dir).resolve()
     check_writable(out)
+    for leftover in temp_files(out):  # half-written files of a killed run: none outlives this one
+        leftover.unlink(missing_ok=True)
     (out / MESH_FILE).unlink(missing_ok=True)  # an old result must not pass for this one
     device = pick_device(device)
     resume = bool(job["init"]["resume"])
-    log = open(out / LOG_FILE, "a" if resume else "w", encoding="utf-8")
     status = {"state": "running", "pid": os.getpid(), "steps": int(job["steps"])}
-    artifacts.save_json(out / STATUS_FILE, status)
+    log = run = None
+    finished = False  # the result is whole and status says complete: nothing after may unsay it
 
     def emit(event: dict) -> None:
         log.write(json.dumps(event) + "\n")
@@ -236,9 +252,17 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
         if on_event is not None:
             on_event(event)
 
-    run = None
+    def mark(state: str, message: str) -> None:
+        try:
+            artifacts.save_json(out / STATUS_FILE, {**status, "state": state, "message": message})
+        except OSError:
+            pass  # the disk may be the problem; mesh.npz is absent either way
+
     try:
+        artifacts.save_json(out / STATUS_FILE, status)
+        log = open(out / LOG_FILE, "a" if resume else "w", encoding="utf-8")
         artifacts.save_json(out / JOB_FILE, job)
+        memory.check_render_fits(job, device)  # the first step is the largest: refuse it here, by key
         run = Run(job, out, device, on_event=emit)
         total = run.settings.steps
         output = run.settings.output
@@ -285,30 +309,34 @@ def run_job(job: dict, out_dir, *, on_event=None, should_stop=None, device=None)
         run.save_checkpoint()
         emit({"type": "stage", "name": "extracting mesh"})
         mesh = run.extract_mesh()
-        artifacts.save_mesh(out / MESH_FILE, mesh)
-        artifacts.save_json(out / STATUS_FILE, {**status, "state": "complete"})
+        complete = {**status, "state": "complete", "mesh": MESH_FILE}
+        artifacts.save_mesh(out / MESH_FILE, mesh,  # status complete first, then mesh.npz takes its name
+                            before_replace=lambda: artifacts.save_json(out / STATUS_FILE, complete))
+        finished = True
         emit({"type": "done", "out": str(out), "vertices": int(len(mesh["vertices"])),
               "faces": int(len(mesh["faces"])), "threshold": float(mesh["threshold"]),
               "seconds": round(time.monotonic() - started, 2)})
         return out
     except (JobCancelled, KeyboardInterrupt) as exc:
-        artifacts.save_json(out / STATUS_FILE, {**status, "state": "cancelled",
-                                                "message": str(exc) or "interrupted"})
+        if not finished:
+            mark("cancelled", str(exc) or "interrupted")
         raise
     except BaseException as exc:
+        if finished:
+            raise  # e.g. the done event could not be sent: the result is still whole and complete
         if is_out_of_memory(exc):
             step = run.step if run is not None else 0
-            exc = RunFailed(f"out of GPU memory at step {step}: {OOM_ADVICE}")
-        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            exc = RunFailed(f"the disk holding {out} is full ({exc.filename or 'while writing'}); "
-                            "free space and continue with init.resume from the last checkpoint")
+            exc = RunFailed(out_of_memory_message(device, step))
+        elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)):
+            checkpoint = out / CHECKPOINT_FILE  # advise resuming only from one that is there
+            then = (f"continue with init.resume from {checkpoint}" if checkpoint.is_file()
+                    else "run the job again (no checkpoint was written)")
+            exc = RunFailed(f"the disk holding {out} is full (writing {exc.filename or out}); free space and {then}")
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        try:
-            artifacts.save_json(out / STATUS_FILE, {**status, "state": "failed", "message": message})
-        except OSError:
-            pass  # the disk may be the problem; mesh.npz is absent either way
+        mark("failed", message)
         if isinstance(exc, RunFailed):
             raise exc from None
         raise
     finally:
-        log.close()
+        if log is not None:
+            log.close()

@@ -3,9 +3,10 @@ unwritable output folder. Injected through SDS_INJECT_FAULT; the handling is the
 import json
 
 import numpy as np
+import torch
 import pytest
 
-from blender_sds.engine.train.run import RunFailed, run_job
+from blender_sds.engine.train.run import RunFailed, is_out_of_memory, out_of_memory_message, run_job
 from blender_sds.job import validate_job
 from tiny_sd_jobs import engine, sd_job
 
@@ -16,10 +17,24 @@ def status_of(out):
 
 def test_out_of_memory_says_what_to_do_and_leaves_no_result(sd_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("SDS_INJECT_FAULT", "oom@2")
-    with pytest.raises(RunFailed, match="out of GPU memory at step 2: set guidance.low_vram"):
+    with pytest.raises(RunFailed, match=r"out of memory \(RAM\) at step 2: set guidance.low_vram"):
         run_job(validate_job(sd_job(sd_folder)), tmp_path / "out", device="cpu")
     assert not (tmp_path / "out" / "mesh.npz").exists()
     assert status_of(tmp_path / "out")["state"] == "failed"
+
+
+def test_every_devices_out_of_memory_is_recognised():
+    """The CPU allocator's own failure (a real one: far past any machine's memory), and CUDA's and
+    MPS's wording, all get the out-of-memory advice; other errors do not."""
+    with pytest.raises(RuntimeError) as cpu:
+        torch.empty(2**62, dtype=torch.uint8)
+    assert is_out_of_memory(cpu.value), str(cpu.value)
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"))
+    assert not is_out_of_memory(RuntimeError("cannot reshape tensor of 0 elements"))
+    assert not is_out_of_memory(ValueError("render.samples: out of memory is not a value"))
+    assert out_of_memory_message("cpu", 3).startswith("out of memory (RAM) at step 3: ")
+    assert out_of_memory_message("cuda:1", 3).startswith("out of GPU memory at step 3: ")
 
 
 def test_a_nan_loss_is_skipped_and_counted(sd_folder, tmp_path, monkeypatch):
@@ -48,7 +63,9 @@ def test_a_full_disk_fails_cleanly_through_the_cli(sd_folder, tmp_path):
     job.write_text(json.dumps(sd_job(sd_folder)))
     proc = engine("run", str(job), "--out", str(tmp_path / "out"), env={"SDS_INJECT_FAULT": "disk-full@checkpoint"})
     assert proc.returncode == 1, proc.stderr
-    assert "is full" in proc.stderr and "init.resume" in proc.stderr
+    # The first checkpoint was the one that failed: no resume advice for a file that is not there.
+    assert "is full" in proc.stderr and "run the job again (no checkpoint was written)" in proc.stderr
+    assert "init.resume" not in proc.stderr
     assert status_of(tmp_path / "out")["state"] == "failed"
     assert not (tmp_path / "out" / "mesh.npz").exists()
     assert not list((tmp_path / "out").glob(".*.tmp-*")), "a half-written file was left behind"
