@@ -6,6 +6,7 @@ The folders are made here (numpy) and all imported in one Blender process (scena
 they add (`Mesh.validate`) is the same in every supported version.
 """
 import json
+import subprocess
 import zipfile
 
 import numpy as np
@@ -21,6 +22,20 @@ def result(folder, vertices=TETRA_V, faces=TETRA_F, colors=TETRA_C, job=None):
     if job is not None:
         (folder / "job.json").write_bytes(job if isinstance(job, bytes) else job.encode())
     return str(folder)
+
+
+def with_status(folder, **status):
+    """A whole mesh.npz beside the status.json a run left: the folder's state is what counts."""
+    path = result(folder)
+    (folder / "status.json").write_text(json.dumps(status))
+    return path
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (a SIGKILLed engine's, as far as the reader can tell)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
 
 
 def with_nan(a, row=1):
@@ -75,6 +90,10 @@ def cases(root):
         "bad_utf8_job": (lambda d: result(d, job=b'{"prompt": "\xff"}'),
                          ["job.json is not a readable job (", "delete it"]),
         "huge_job": (lambda d: _sparse(result(d), 17 * 2**20), ["job.json is larger than 16 MiB"]),
+        "killed_run": (lambda d: with_status(d, state="running", pid=dead_pid(), steps=10),
+                       ["No finished result in", "status is interrupted", "ended without saying so"]),
+        "failed_run": (lambda d: with_status(d, state="failed", pid=1, steps=10, message="out of memory"),
+                       ["No finished result in", "status is failed"]),
     }
     good = {
         "good": lambda d: result(d, job=json.dumps({"prompt": "a good tetrahedron"})),
