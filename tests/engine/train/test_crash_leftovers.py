@@ -17,13 +17,18 @@ from blender_sds.engine.train.run import RunFailed, run_job
 from blender_sds.job import validate_job
 from tiny_sd_jobs import REPO
 
-# Each kill point is the moment a write's temp file is whole but not yet in place.
+# Each kill point is the moment a write's temp file is whole but not yet in place: every
+# atomic write of the run, in its order (log.jsonl is appended, a line at a time).
 KILL_POINTS = {
     "first-status": "kill@status.json",  # before the folder has any status.json
-    "checkpoint": "kill@checkpoint.pt#2",  # the final checkpoint; the step-1 one is in place
+    "job": "kill@job.json",  # status says running
+    "first-checkpoint": "kill@checkpoint.pt",  # step 1's: no checkpoint in place yet
+    "preview": "kill@preview.png",  # the end's preview; step 1's checkpoint is in place
+    "checkpoint": "kill@checkpoint.pt#2",  # the final checkpoint
     "status-complete": "kill@status.json#2",  # the mesh's temp written, status still running
     "mesh": "kill@mesh.npz",  # status already complete, mesh.npz not yet in place
 }
+RESUMED_AT = {"first-status": 0, "job": 0, "first-checkpoint": 0, "preview": 1, "checkpoint": 1}  # else 2
 
 
 def tiny_job(folder) -> dict:
@@ -81,7 +86,7 @@ def test_a_run_killed_at_a_write_reads_interrupted_and_resumes_clean(killed, poi
     assert (out / results.MESH_FILE).is_file()
     assert leftovers(out) == [], f"the killed run's {stale} outlived the completed run"
     start = next(e for e in events if e["type"] == "start")["start_step"]
-    assert start == {"first-status": 0, "checkpoint": 1}.get(point, 2), "the resume did not continue"
+    assert start == RESUMED_AT.get(point, 2), "the resume did not continue from the last checkpoint in place"
 
 
 def test_a_disk_full_from_the_start_names_the_status_file_and_leaves_nothing(tmp_path, monkeypatch, one_torch_thread):
