@@ -49,7 +49,7 @@ def test_encode_never_fails_on_what_the_engine_or_a_peer_produced():
 @pytest.mark.parametrize("line, words", [
     (b'{"type": "ping", "id": NaN}', "NaN is not JSON"),
     (b'{"type": "ping", "id": -Infinity}', "Infinity is not JSON"),
-    (b"[" * 100000, "nested too deeply"),
+    (b"[" * 100000, "nested more than 64 levels deep"),
     (b'{"type": "upload", "name": "a.png", "offset": -1, "data": ""}', "offset' must be >= 0"),
     (b'{"type": "file", "name": "a", "offset": 0, "data": ""}', "field 'size'"),
 ])
