@@ -45,7 +45,7 @@ PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_s
                     "f_fsb": [1.0, 0.5, 0.967]}
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
 MAX_JOB_BYTES = 16 * 1024 * 1024  # a job with a 1,000-camera rig is under 1 MB
-MAX_MESSAGE = 300  # characters of one error line
+MAX_MESSAGE = 293  # characters of one error line: with the CLI's "error: " in front, at most 300
 MAX_KEY_ECHO = 60  # characters of an unknown key name shown back
 # Physical sense, past what a finite-number check lets through (docs/JOB.md "Limits").
 BOUNDS_SIZE = (1e-3, 1e4)  # a millimetre to ten kilometres, in Blender units (metres)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
-MAX_MESSAGE = 300
+MAX_MESSAGE = 293  # with the CLI's "error: " in front, at most 300 characters
 DAMAGED = ("the file is damaged or was not written by blender-sds; use another checkpoint or start without "
            "init.checkpoint")
 OTHER_PRESET = "use the preset it was made with, or start without init.checkpoint"
