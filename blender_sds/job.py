@@ -50,7 +50,7 @@ MAX_KEY_ECHO = 60  # characters of an unknown key name shown back
 # Physical sense, past what a finite-number check lets through (docs/JOB.md "Limits").
 BOUNDS_SIZE = (1e-3, 1e4)  # a millimetre to ten kilometres, in Blender units (metres)
 MAX_COORDINATE = 1e6  # bounds centre and camera positions
-MAX_RENDER_SAMPLES = 2**31  # render resolution^2 x batch x samples: past int32 indexing, and ~TBs of memory
+MAX_RENDER_POINTS = 2**31  # render resolution^2 x batch x samples: past int32 indexing, and ~TBs of memory
 
 
 def preset_table(kind: str) -> dict[str, dict]:
@@ -274,8 +274,8 @@ def validate_camera(raw, key: str) -> dict:
     width = _int(cam["width"], _join(key, "width"), 1, 8192)
     height = _int(cam["height"], _join(key, "height"), 1, 8192)
     out = {"c2w": c2w, "width": width, "height": height, "type": kind, "name": name}
-    # Focal lengths from a 0.001-degree telephoto to a 179.9-degree wide angle; the principal
-    # point within ten frames of the frame (Blender's lens shift goes to 2 frames).
+    # Focal lengths from a 0.0006-degree telephoto to a 179.8-degree wide angle; the principal
+    # point within ten frames of the frame's centre (Blender's lens shift goes to 2 frames).
     for axis, side in (("x", width), ("y", height)):
         focal = _number(cam[f"f{axis}"], _join(key, f"f{axis}"), gt=0)
         if not 1e-3 * side <= focal <= 1e5 * side:
@@ -548,9 +548,9 @@ def _render(raw, preset: dict) -> dict:
               "batch": _int(r.get("batch", d["batch"]), "render.batch", 1, 64),
               "samples": _int(r.get("samples", d["samples"]), "render.samples", 8, 2048)}
     total = render["resolution"] ** 2 * render["batch"] * render["samples"]
-    if total > MAX_RENDER_SAMPLES:
+    if total > MAX_RENDER_POINTS:
         raise JobError("render", f"resolution^2 x batch x samples is {total:.3g} points a step, over "
-                                 f"{MAX_RENDER_SAMPLES:.3g} (terabytes of memory); lower render.resolution, "
+                                 f"{MAX_RENDER_POINTS:.3g} (terabytes of memory); lower render.resolution, "
                                  "render.batch or render.samples")
     return render
 
