@@ -680,15 +680,11 @@ def load_job(path) -> dict:
         raise JobError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise JobError(path, f"cannot read the job file: {e.strerror or e}") from None
-    return validate_job(parse_job_text(text, path), base_dir=os.path.dirname(os.path.abspath(path)))
-
-
-def parse_job_text(text: str, where: str) -> dict:
-    """A job's JSON, parsed within json_gate's bounds; `where` (the file) is named in the error."""
     try:
-        return json_gate.loads(text)
+        raw = json_gate.loads(text)  # depth and number length bounded before the parse
     except json_gate.JsonGateError as e:
-        raise JobError(where, str(e)) from None
+        raise JobError(path, str(e)) from None
+    return validate_job(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
 def with_steps(job: dict, steps: int) -> dict:

@@ -24,11 +24,11 @@ import zipfile
 import numpy as np
 
 from .. import json_gate
+from ..job import MAX_JOB_BYTES
 from ..results import JOB_FILE, LOG_FILE, MESH_FILE
 from .errors import ArtistError
 
 MAX_ELEMENTS = 50_000_000  # vertices, and faces, a mesh.npz may declare
-MAX_JOB_BYTES = 16 * 1024 * 1024  # a job.json is a few KB (a camera rig: tens of KB); job.MAX_JOB_BYTES
 COLOR_SLACK = 1e-3
 # name -> (columns, allowed dtype kinds, what the engine writes)
 ARRAYS = {"vertices": (3, "f", "float32 coordinates"), "faces": (3, "iu", "int32 vertex indices"),
