@@ -51,6 +51,11 @@ MAX_KEY_ECHO = 60  # characters of an unknown key name shown back
 BOUNDS_SIZE = (1e-3, 1e4)  # a millimetre to ten kilometres, in Blender units (metres)
 MAX_COORDINATE = 1e6  # bounds centre and camera positions
 MAX_RENDER_POINTS = 2**31  # render resolution^2 x batch x samples: past int32 indexing, and ~TBs of memory
+MESH_SUFFIXES = (".npz", ".obj", ".ply", ".glb", ".gltf", ".stl", ".off")  # init.mesh: ours, or through trimesh
+KEEP_SHAPE_SCHEDULES = ("constant", "linear")  # linear: falls to zero at the last step
+DEFAULT_KEEP_SHAPE = 1.0  # with init.mesh; docs/QUALITY.md "Starting from a mesh" measures the choices
+DEFAULT_TARGET_FACES = 30000  # an editable mesh; 0 keeps every marching-cubes face
+DEFAULT_SMOOTH = 10  # Taubin iterations on the extracted surface
 
 
 def preset_table(kind: str) -> dict[str, dict]:
@@ -555,8 +560,9 @@ def _render(raw, preset: dict) -> dict:
     return render
 
 
-def _optim(raw, spec: kinds.KindSpec, steps: int) -> dict:
-    o = _object(raw, "optim", ("lr", "orientation", "sparsity", "opaque", "albedo_steps"))
+def _optim(raw, spec: kinds.KindSpec, steps: int, from_mesh: bool) -> dict:
+    o = _object(raw, "optim", ("lr", "orientation", "sparsity", "opaque", "albedo_steps", "keep_shape",
+                               "keep_shape_schedule"))
     text = spec.regularise
     albedo = _int(o.get("albedo_steps", int(0.2 * steps)), "optim.albedo_steps", 0)
     if albedo > steps:
@@ -565,22 +571,41 @@ def _optim(raw, spec: kinds.KindSpec, steps: int) -> dict:
             "orientation": _number(o.get("orientation", 10.0 if text else 0.0), "optim.orientation", ge=0),
             "sparsity": _number(o.get("sparsity", 1.0 if text else 0.0), "optim.sparsity", ge=0),
             "opaque": _number(o.get("opaque", spec.opaque), "optim.opaque", ge=0),
-            "albedo_steps": albedo}
+            "albedo_steps": albedo,
+            "keep_shape": _keep_shape(o.get("keep_shape", DEFAULT_KEEP_SHAPE if from_mesh else 0.0), from_mesh),
+            "keep_shape_schedule": _choice(o.get("keep_shape_schedule", "constant"), "optim.keep_shape_schedule",
+                                           KEEP_SHAPE_SCHEDULES, "schedule")}
+
+
+def _keep_shape(value, from_mesh: bool) -> float:
+    weight = _number(value, "optim.keep_shape", ge=0, le=1000)
+    if weight > 0 and not from_mesh:
+        raise JobError("optim.keep_shape", f"keeps the shape of init.mesh, which is null; got {weight:g} "
+                                           f"(set init.mesh, or 0)")
+    return weight
 
 
 def _init(raw, base_dir) -> dict:
-    i = _object(raw, "init", ("checkpoint", "resume"))
+    i = _object(raw, "init", ("checkpoint", "resume", "mesh"))
     checkpoint = i.get("checkpoint")
     if checkpoint is not None:
         checkpoint = _existing_file(checkpoint, "init.checkpoint", base_dir)
     resume = _bool(i.get("resume", False), "init.resume")
     if resume and checkpoint is None:
         raise JobError("init.resume", "true needs init.checkpoint (the run to continue), which is null")
-    return {"checkpoint": checkpoint, "resume": resume}
+    mesh = i.get("mesh")
+    if mesh is not None:
+        mesh = _existing_file(mesh, "init.mesh", base_dir)
+        suffix = os.path.splitext(mesh)[1].lower()
+        if suffix not in MESH_SUFFIXES:
+            raise JobError("init.mesh", f"must be a {', '.join(MESH_SUFFIXES)} file, got {_clip(os.path.basename(mesh), MAX_KEY_ECHO)!r}")
+        if checkpoint is not None:
+            raise JobError("init.mesh", "and init.checkpoint are two starting points; give one (the other null)")
+    return {"checkpoint": checkpoint, "resume": resume, "mesh": mesh}
 
 
 def _mesh(raw, preset: dict) -> dict:
-    m = _object(raw, "mesh", ("resolution", "threshold", "min_component"))
+    m = _object(raw, "mesh", ("resolution", "threshold", "min_component", "target_faces", "smooth"))
     threshold = m.get("threshold", "auto")
     if threshold != "auto":
         if isinstance(threshold, str) or not _is_number(threshold):
@@ -588,7 +613,16 @@ def _mesh(raw, preset: dict) -> dict:
         threshold = _number(threshold, "mesh.threshold", gt=0)
     return {"resolution": _int(m.get("resolution", preset["mesh_resolution"]), "mesh.resolution", 16, 1024),
             "threshold": threshold,
-            "min_component": _number(m.get("min_component", 0.05), "mesh.min_component", ge=0, le=1)}
+            "min_component": _number(m.get("min_component", 0.05), "mesh.min_component", ge=0, le=1),
+            "target_faces": _target_faces(m.get("target_faces", DEFAULT_TARGET_FACES)),
+            "smooth": _int(m.get("smooth", DEFAULT_SMOOTH), "mesh.smooth", 0, 1000)}
+
+
+def _target_faces(value) -> int:
+    faces = _int(value, "mesh.target_faces", 0, 10**8)
+    if 0 < faces < 100:
+        raise JobError("mesh.target_faces", f"must be 0 (keep every face) or at least 100, got {faces}")
+    return faces
 
 
 def _output(raw) -> dict:
@@ -635,7 +669,10 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
                     raise JobError(key, problem)
     preset_name = _choice(raw.get("preset", "standard"), "preset", tuple(PRESETS), "preset")
     preset = preset_table(kind)[preset_name]
-    steps = _int(raw.get("steps", preset["steps"]), "steps", 1, 100000)
+    init = _init(raw.get("init", {}), base_dir)
+    steps = _int(raw.get("steps", preset["steps"]), "steps", 0, 100000)
+    if steps == 0 and init["mesh"] is None:
+        raise JobError("steps", "must be at least 1; 0 (fit init.mesh and stop) needs init.mesh")
 
     bounds = _bounds(raw.get("bounds", {}))
     cameras = _cameras(raw.get("cameras", {}), spec)
@@ -653,8 +690,8 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
         "guidance": guidance,
         "cameras": cameras,
         "render": _render(raw.get("render", {}), preset),
-        "optim": _optim(raw.get("optim", {}), spec, steps),
-        "init": _init(raw.get("init", {}), base_dir),
+        "optim": _optim(raw.get("optim", {}), spec, steps, init["mesh"] is not None),
+        "init": init,
         "mesh": _mesh(raw.get("mesh", {}), preset),
         "output": _output(raw.get("output", {})),
     }
@@ -691,7 +728,7 @@ def with_steps(job: dict, steps: int) -> dict:
     """A normalised job re-made for another step count (`run --steps N`): the keys counted in its
     steps (optim.albedo_steps) keep their share of the run, and the whole is validated again."""
     raw = copy.deepcopy(job)
-    steps = _int(steps, "steps", 1, 100000)
+    steps = _int(steps, "steps", 0 if job["init"].get("mesh") else 1, 100000)
     old = max(int(job["steps"]), 1)
     raw["optim"]["albedo_steps"] = min(round(job["optim"]["albedo_steps"] * steps / old), steps)
     raw["steps"] = steps

@@ -110,7 +110,7 @@ MALFORMED = [
     ("seed-bool", put("seed", True), "seed", "must be an int 0 .. 4294967295, got true"),
     ("seed-negative", put("seed", -1), "seed", "got -1"),
     ("seed-too-big", put("seed", 2**32), "seed", "got 4294967296"),
-    ("steps-zero", put("steps", 0), "steps", "1 .. 100000, got 0"),
+    ("steps-zero", put("steps", 0), "steps", "0 (fit init.mesh and stop) needs init.mesh"),
     ("steps-too-many", put("steps", 100001), "steps", "got 100001"),
     ("steps-string", put("steps", "100"), "steps", "got '100'"),
     ("steps-float", put("steps", 100.0), "steps", "must be an int"),
@@ -265,9 +265,11 @@ def test_design_example_normalises_with_defaults(base):
     assert (cam["width"], cam["height"], cam["fx"], cam["cy"]) == (512, 512, 711.1, 256.0)
     assert cam["type"] == "PERSP" and cam["name"] is None
 
-    assert job["optim"] == {"lr": 0.01, "orientation": 10.0, "sparsity": 1.0, "opaque": 0.0, "albedo_steps": 1000}
-    assert job["init"] == {"checkpoint": str(base / "previous-run" / "checkpoint.pt"), "resume": False}
-    assert job["mesh"] == {"resolution": 256, "threshold": "auto", "min_component": 0.05}
+    assert job["optim"] == {"lr": 0.01, "orientation": 10.0, "sparsity": 1.0, "opaque": 0.0, "albedo_steps": 1000,
+                            "keep_shape": 0.0, "keep_shape_schedule": "constant"}
+    assert job["init"] == {"checkpoint": str(base / "previous-run" / "checkpoint.pt"), "resume": False, "mesh": None}
+    assert job["mesh"] == {"resolution": 256, "threshold": "auto", "min_component": 0.05, "target_faces": 30000,
+                           "smooth": 10}
     assert job["output"] == {"preview_every": 250, "checkpoint_every": 1000, "progress_every": 10}
 
 
