@@ -599,8 +599,9 @@ def _init(raw, base_dir) -> dict:
         suffix = os.path.splitext(mesh)[1].lower()
         if suffix not in MESH_SUFFIXES:
             raise JobError("init.mesh", f"must be a {', '.join(MESH_SUFFIXES)} file, got {_clip(os.path.basename(mesh), MAX_KEY_ECHO)!r}")
-        if checkpoint is not None:
-            raise JobError("init.mesh", "and init.checkpoint are two starting points; give one (the other null)")
+        if checkpoint is not None and not resume:  # resuming, the mesh is still the shape to keep, not refitted
+            raise JobError("init.mesh", "and init.checkpoint are two starting points; give one (the other null), "
+                                        "or set init.resume to continue a run that started from the mesh")
     return {"checkpoint": checkpoint, "resume": resume, "mesh": mesh}
 
 

@@ -50,6 +50,8 @@ def base(tmp_path) -> Path:
     (tmp_path / "views" / "000.png").write_bytes(b"\x89PNG")
     (tmp_path / "models" / "tiny-sd").mkdir(parents=True)
     (tmp_path / "models" / "sd.safetensors").write_bytes(b"")
+    (tmp_path / "blockout.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")  # not read by validation
+    (tmp_path / "blockout.txt").write_text("")
     return tmp_path
 
 
@@ -209,6 +211,17 @@ MALFORMED = [
     ("threshold-word", put("mesh", "threshold", "high"), "mesh.threshold", "\"auto\" or a number > 0, got 'high'"),
     ("mesh-resolution-small", put("mesh", "resolution", 8), "mesh.resolution", "16 .. 1024"),
     ("progress-every-zero", put("output", {"progress_every": 0}), "output.progress_every", ">= 1, got 0"),
+    ("mesh-and-checkpoint", put("init", "mesh", "blockout.obj"), "init.mesh", "two starting points; give one"),
+    ("mesh-suffix", put("init", {"mesh": "blockout.txt"}), "init.mesh", "must be a .npz, .obj"),
+    ("mesh-missing", put("init", {"mesh": "nowhere.obj"}), "init.mesh", "no such file"),
+    ("keep-shape-without-mesh", put("optim", {"keep_shape": 2}), "optim.keep_shape",
+     "keeps the shape of init.mesh, which is null; got 2"),
+    ("keep-shape-schedule", lambda j: put("optim", {"keep_shape_schedule": "cosine"})(
+        put("init", {"mesh": "blockout.obj"})(j)), "optim.keep_shape_schedule", "unknown schedule 'cosine'; schedules: constant, linear"),
+    ("keep-shape-negative", lambda j: put("optim", {"keep_shape": -1})(put("init", {"mesh": "blockout.obj"})(j)),
+     "optim.keep_shape", ">= 0"),
+    ("target-faces-tiny", put("mesh", "target_faces", 50), "mesh.target_faces", "0 (keep every face) or at least 100"),
+    ("smooth-negative", put("mesh", "smooth", -1), "mesh.smooth", "0 .. 1000, got -1"),
 ]
 
 
@@ -367,6 +380,19 @@ def test_run_steps_rescales_what_counts_steps(base):
     with pytest.raises(JobError) as info:
         with_steps(job, 0)
     assert str(info.value) == "steps: must be an int 1 .. 100000, got 0"
+
+
+def test_a_job_may_start_from_a_mesh_and_stop_after_the_fit(base):
+    raw = design_example()
+    raw["init"] = {"mesh": "blockout.obj"}
+    job = validate_job(raw, base_dir=base)
+    assert job["init"] == {"checkpoint": None, "resume": False, "mesh": str(base / "blockout.obj")}
+    assert (job["optim"]["keep_shape"], job["optim"]["keep_shape_schedule"]) == (1.0, "constant")
+    fit_only = with_steps(job, 0)
+    assert fit_only["steps"] == 0 and fit_only["optim"]["albedo_steps"] == 0
+    # Resuming a run that started from a mesh: the mesh stays, as the shape to keep.
+    raw["init"] = {"mesh": "blockout.obj", "checkpoint": "previous-run/checkpoint.pt", "resume": True}
+    assert validate_job(raw, base_dir=base)["init"]["resume"] is True
 
 
 def test_load_job_resolves_paths_against_its_folder(base, tmp_path_factory, monkeypatch):

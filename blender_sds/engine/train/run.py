@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts, faults, memory
+from . import artifacts, faults, memory, start_mesh
 from ..scene.cameras import CameraSampler, fixed_views
 from ..device import pick_device
 from ..guidance import build_guidance
@@ -66,6 +66,7 @@ class Run:
         self.guidance = build_guidance(settings.guidance, device)
         self.field = Field(list(bounds.center), bounds.size, FieldConfig.for_preset(settings.field_preset)).to(device)
         self.background = Background().to(device)
+        self.keep_shape = self.start_from_mesh(init) if init["mesh"] else None
         self.occupancy = OccupancyGrid(list(bounds.center), bounds.size, device=device)
         # Every trained part brings its groups, losses and state; the judge may bring its own.
         self.parts = [FieldPart(self.field, settings.lr, settings.losses), BackgroundPart(self.background),
@@ -81,6 +82,22 @@ class Run:
         self.occupancy.update(self.field, 0, self.step_length, self.generator, force=True)
         if checkpoint is not None:
             self.restore(checkpoint, resume=init["resume"], path=init["checkpoint"])
+
+    def start_from_mesh(self, init: dict) -> "start_mesh.KeepShape | None":
+        """Fit the field to init.mesh (not when resuming: the checkpoint holds the fitted field and
+        more) and return what optim.keep_shape needs, or None when its weight is 0."""
+        settings = self.settings
+        bounds = settings.bounds
+        self.emit({"type": "stage", "name": "reading init.mesh"})
+        solid = start_mesh.load_solid(init["mesh"], list(bounds.center), bounds.size)
+        generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the mesh's grids are sampled there
+        if not init["resume"]:
+            self.emit({"type": "stage", "name": "fitting the field to init.mesh"})
+            report = start_mesh.fit_field_to_mesh(self.field, solid, generator)
+            self.emit({"type": "fit", **report})
+        if settings.keep_shape <= 0:
+            return None
+        return start_mesh.KeepShape(solid, settings.keep_shape, settings.keep_shape_schedule, generator)
 
     # -- reporting ---------------------------------------------------------------------------
     def emit(self, event: dict) -> None:
@@ -156,6 +173,9 @@ class Run:
         for part in self.parts:
             for weighted in part.losses(out).values():
                 loss = loss + weighted
+        if self.keep_shape is not None:
+            kept = self.keep_shape.loss(self.field, self.step, total)
+            loss = loss if kept is None else loss + kept
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # A NaN/inf step is skipped (its gradients zeroed) without a host sync; the count is

@@ -24,16 +24,6 @@ RECORDED = {"cpu": "AMD EPYC", "capability": "AVX2", "torch": "2.13.0+cpu", "fac
             "digest": "e6c14652be5abcbdd914b408ae191b9756574eac46d86c50ad847b3d0fbde67b"}
 
 
-@pytest.fixture
-def one_thread():
-    # The engine's small per-step ops only spin with more threads on a busy 2-core machine, and
-    # the recorded digest was made on one thread (reductions split by threads round differently).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
