@@ -140,13 +140,13 @@ def _one_process_share(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_all(work: list[tuple[dict, Path]], args: argparse.Namespace, report) -> list[dict]:
-    """Judge every (job, out_dir), `args.jobs` at a time; results in the order given, each
-    reported as it finishes."""
+def run_all(work: list[tuple[dict, Path]], args: argparse.Namespace, report, judge=judge_one) -> list[dict]:
+    """`judge` (a module-level function, for the worker processes) every (job, out_dir),
+    `args.jobs` at a time; results in the order given, each reported as it finishes."""
     if args.jobs == 1 or len(work) == 1:
         results = []
         for i, (job, out_dir) in enumerate(work):
-            results.append(judge_one(job, args, out_dir))
+            results.append(judge(job, args, out_dir))
             report(i, results[-1])
         return results
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -154,7 +154,7 @@ def run_all(work: list[tuple[dict, Path]], args: argparse.Namespace, report) -> 
     # spawn: a forked child would inherit torch's thread pool and locks mid-state.
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_process_share, initargs=(threads,)) as pool:
-        pending = {pool.submit(judge_one, job, args, out_dir): i for i, (job, out_dir) in enumerate(work)}
+        pending = {pool.submit(judge, job, args, out_dir): i for i, (job, out_dir) in enumerate(work)}
         for future in as_completed(pending):
             i = pending[future]
             results[i] = future.result()
