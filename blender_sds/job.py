@@ -55,7 +55,7 @@ MESH_SUFFIXES = (".npz", ".obj", ".ply", ".glb", ".gltf", ".stl", ".off")  # ini
 KEEP_SHAPE_SCHEDULES = ("constant", "linear")  # linear: falls to zero at the last step
 DEFAULT_KEEP_SHAPE = 1.0  # with init.mesh; docs/QUALITY.md "Starting from a mesh" measures the choices
 DEFAULT_TARGET_FACES = 30000  # an editable mesh; 0 keeps every marching-cubes face
-DEFAULT_SMOOTH = 10  # Taubin iterations on the extracted surface
+DEFAULT_SMOOTH = 40  # Taubin steps on the extracted surface; docs/QUALITY.md "Smoothing" measures the choice
 
 
 def preset_table(kind: str) -> dict[str, dict]:

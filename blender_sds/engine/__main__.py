@@ -108,7 +108,7 @@ def cmd_serve(args) -> int:
     return serve.main(args)
 
 
-BENCHMARKS = ("quality", "janus", "blockout", "speed", "mesh", "hashgrid")  # modules of engine/bench that print figures
+BENCHMARKS = ("quality", "janus", "blockout", "smoothing", "speed", "mesh", "hashgrid")  # modules of engine/bench that print figures
 
 
 def cmd_bench(args, rest: list[str]) -> int:

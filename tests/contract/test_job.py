@@ -282,7 +282,7 @@ def test_design_example_normalises_with_defaults(base):
                             "keep_shape": 0.0, "keep_shape_schedule": "constant"}
     assert job["init"] == {"checkpoint": str(base / "previous-run" / "checkpoint.pt"), "resume": False, "mesh": None}
     assert job["mesh"] == {"resolution": 256, "threshold": "auto", "min_component": 0.05, "target_faces": 30000,
-                           "smooth": 10}
+                           "smooth": 40}
     assert job["output"] == {"preview_every": 250, "checkpoint_every": 1000, "progress_every": 10}
 
 

@@ -14,6 +14,10 @@
   when the best-ranked prompt (by albedo renders) has the result's colour. A marked prompt
   is ranked among the plain ones by its body colour: the mark is a minority of the surface.
   Whether the mark sits where it should is janus.py's measure.
+- Bumpiness (cube and pyramid only): the mean angle between neighbouring faces of the
+  result that lie on a true flat face, in degrees (`flat_bumpiness`: shading noise at the
+  mesh's scale), and their normals' mean angle from the region's own mean normal
+  (`flat_deviation`: flatness at every scale).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from . import world
 from .cameras import fixed_orbits
 from .dataset import one_thread
 from .raster import rasterise
+from .shapes import Polyhedron
 
 EVAL_AZIMUTHS = tuple(float(a) for a in range(0, 360, 45))
 EVAL_ELEVATIONS = tuple(10.0 if k % 2 == 0 else 30.0 for k in range(8))
@@ -35,6 +40,8 @@ EVAL_DISTANCE = 1.6  # units of bounds size
 EVAL_FOVY = 45.0
 EVAL_SIZE = 64
 SURFACE_SAMPLES = 30000
+FLAT_NEAR = 0.03  # a result face lies on a true flat face within this distance of its plane (bounds sizes)
+FLAT_MARGIN = 0.03  # ... and at least this far inside every other face's plane (away from edges and corners)
 TEXTURELESS_AMBIENT, TEXTURELESS_DIFFUSE = 0.2, 0.8
 
 
@@ -104,6 +111,74 @@ def colour_error(mesh: dict, prompt: str, n: int = SURFACE_SAMPLES, bounds: dict
         truth_at, truth_colours = world.truth_samples(prompt, n, bounds, seed=4)
         truth = truth_colours[cKDTree(truth_at).query(points)[1]]
     return float(np.abs(colours[:, :3] - truth).mean())
+
+
+def flat_bumpiness(mesh: dict, prompt: str, bounds: dict | None = None) -> float:
+    """Mean angle, in degrees, between the normals of neighbouring result faces (sharing an
+    edge) that both lie on the same true flat face: the shading noise a smooth-shaded flat
+    face shows. The prompt's shape must be a polyhedron (cube or pyramid).
+
+    A face counts when its centroid is within FLAT_NEAR of a true face's plane and at least
+    FLAT_MARGIN inside every other plane, so the rounded edges and corners of marching
+    cubes and smoothing are not taken for bumps. It is 0 for any flat triangulation,
+    whatever the face sizes. Bumps many faces wide tilt neighbours apart by little, so the
+    figure is the roughness at the mesh's own scale: compare meshes of one resolution, and
+    a broad bulge shows in `flat_deviation` and Chamfer, not here. NaN when no two
+    neighbouring faces lie on a flat face.
+    """
+    f, unit, _, region = _flat_faces(mesh, prompt, bounds)
+    edges = np.sort(np.concatenate((f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]])), axis=1)
+    owner = np.tile(np.arange(len(f)), 3)
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    edges, owner = edges[order], owner[order]
+    twin = (edges[1:] == edges[:-1]).all(1)  # an edge of a closed mesh appears once in each of its two faces
+    a, b = owner[:-1][twin], owner[1:][twin]
+    same = (region[a] >= 0) & (region[a] == region[b])
+    if not same.any():
+        return float("nan")
+    cos = np.einsum("ij,ij->i", unit[a[same]], unit[b[same]])
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+
+
+def flat_deviation(mesh: dict, prompt: str, bounds: dict | None = None) -> float:
+    """Area-weighted mean angle, in degrees, between the normals of the result's faces on a
+    true flat face (as `flat_bumpiness` picks them) and that region's own mean normal: how far
+    from flat the face is at every scale, broad bulges included (a region tilted or moved as
+    a whole is Chamfer's business, not counted). NaN when no face lies on a flat face."""
+    _, unit, area, region = _flat_faces(mesh, prompt, bounds)
+    total, weight = 0.0, 0.0
+    for k in np.unique(region[region >= 0]):
+        here = region == k
+        n, a = unit[here], area[here]
+        mean = (a[:, None] * n).sum(0)
+        mean /= max(np.linalg.norm(mean), 1e-300)
+        total += float((a * np.degrees(np.arccos(np.clip(n @ mean, -1.0, 1.0)))).sum())
+        weight += float(a.sum())
+    return total / weight if weight > 0 else float("nan")
+
+
+def _flat_faces(mesh: dict, prompt: str, bounds: dict | None):
+    """(faces, unit normals turned to the outside of their true face, areas, true face index or -1 per face)."""
+    shape = world.shape_of(prompt)
+    if not isinstance(shape, Polyhedron):
+        raise ValueError(f"{prompt!r} has no flat faces to measure (only the cube and the pyramid have)")
+    v, f = _check_mesh(mesh)
+    tri = world.to_unit(v, bounds)[f]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 x area
+    area = np.linalg.norm(cross, axis=1)
+    unit = cross / np.maximum(area, 1e-300)[:, None]
+    planes, offsets = shape.normals.numpy(), shape.offsets.numpy()
+    signed = tri.mean(1) @ planes.T - offsets  # (F,K): > 0 outside plane k
+    rows = np.arange(len(f))
+    nearest = np.argmin(np.abs(signed), axis=1)
+    others = signed.copy()
+    others[rows, nearest] = -np.inf
+    on_flat = (np.abs(signed[rows, nearest]) < FLAT_NEAR) & (others.max(1) < -FLAT_MARGIN) & (area > 0)
+    # Outward, whatever the mesh's winding (the yardstick's renders are two-sided too); the
+    # whole mesh turns at once, so a fold still reads as one.
+    if (area * np.einsum("ij,ij->i", unit, planes[nearest]))[on_flat].sum() < 0:
+        unit = -unit
+    return f, unit, area, np.where(on_flat, nearest, -1)
 
 
 # -- renders for R-precision ----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Field -> Blender-ready mesh: density grid, floater removal, marching cubes, vertex colours.
+"""Field -> Blender-ready mesh: density grid, floater removal, marching cubes, smoothing and
+decimation (remesh.py), vertex colours.
 
 The field's density is in units of 1/bounds.size, so the thresholds here are scale-free.
 An empty mesh is never returned: the wrong threshold is the most common export complaint of
@@ -16,6 +17,7 @@ import torch
 from scipy import ndimage
 from skimage import measure
 
+from . import remesh
 from .colour import srgb_to_linear
 
 AUTO_THRESHOLDS = (10.0, 5.0, 2.5)
@@ -70,13 +72,22 @@ def extract_mesh(
     threshold="auto",
     min_component=0.05,
     device="cpu",
+    smooth=0,
+    target_faces=0,
 ) -> dict:
     """Mesh the field's surface inside the bounds, with linear RGBA vertex colours.
 
     Returns {"vertices": float32 (V,3) world units, "faces": int32 (F,3) counter-clockwise seen
     from outside, "colors": float32 (V,4) linear RGBA, "threshold": the density level used}.
+
+    The marched surface gets `smooth` Taubin steps, then is decimated to at most
+    `target_faces` faces (0: neither; remesh.py), and only then are the colours read from
+    the field, at the final vertices: a vertex that replaced many keeps the colour of where
+    it now is, not an average of theirs.
     """
     levels = _check_threshold(threshold)
+    smooth = remesh.check_count(smooth, "mesh.smooth")
+    target_faces = remesh.check_count(target_faces, "mesh.target_faces")
     if isinstance(min_component, bool) or not isinstance(min_component, Real) or not 0 <= min_component <= 1:
         raise ValueError(f"mesh.min_component must be a number in [0, 1], got {min_component!r}")
     center_t, size, resolution = _check_box(center, size, resolution)
@@ -91,6 +102,8 @@ def extract_mesh(
         cell = size / resolution
         origin = center_t.numpy() - size / 2 + cell / 2
         world = np.ascontiguousarray(origin + vertices * cell, dtype=np.float32)
+        world = remesh.smooth(world, faces, smooth)
+        world, faces = remesh.decimate(world, faces, target_faces)
         return {
             "vertices": world,
             "faces": np.ascontiguousarray(faces, dtype=np.int32),

@@ -217,7 +217,8 @@ class Run:
         bounds, mesh = self.settings.bounds, self.settings.mesh
         return extract_mesh(self.field.density, self.field.albedo, list(bounds.center), bounds.size,
                             resolution=mesh["resolution"], threshold=mesh["threshold"],
-                            min_component=mesh["min_component"], device=self.device)
+                            min_component=mesh["min_component"], device=self.device,
+                            smooth=mesh["smooth"], target_faces=mesh["target_faces"])
 
 
 # How each device says it ran out: CUDA and MPS ("MPS backend out of memory"), and the CPU

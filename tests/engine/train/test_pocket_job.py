@@ -20,8 +20,8 @@ from blender_sds.job import validate_job
 
 # A pyramid: the camera-blind teacher returns a cone for it, the default (pose-matched) one a pyramid.
 PROMPT = "a blue pyramid"
-RECORDED = {"cpu": "AMD EPYC", "capability": "AVX2", "torch": "2.13.0+cpu", "faces": 66956,
-            "digest": "e6c14652be5abcbdd914b408ae191b9756574eac46d86c50ad847b3d0fbde67b"}
+RECORDED = {"cpu": "AMD EPYC", "capability": "AVX2", "torch": "2.13.0+cpu", "faces": 30000,
+            "digest": "d50453796061e9e5d25a31fe79cb9a9a61fa039b2313d743fd169cb98c0765c7"}
 
 
 def cpu_model() -> str:
