@@ -231,8 +231,9 @@ def pong(ping_message: dict) -> dict:
 _NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 MAX_NAME_DEPTH = 8
 # Data files a remote job may upload. No .py (diffusers could import it), no .bin/.ckpt/.pkl
-# (pickle): a checkpoint is read with weights_only, a model must be safetensors.
-UPLOAD_SUFFIXES = (".json", ".txt", ".safetensors", ".png", ".jpg", ".jpeg", ".pt", ".model")
+# (pickle): a checkpoint is read with weights_only, a model must be safetensors, a start mesh
+# (init.mesh) an .npz that numpy reads with allow_pickle=False.
+UPLOAD_SUFFIXES = (".json", ".txt", ".safetensors", ".png", ".jpg", ".jpeg", ".pt", ".model", ".npz")
 # What a remote worker sends back of a finished run, and all the add-on accepts (results.py).
 RESULT_FILES = results.RESULT_FILES
 

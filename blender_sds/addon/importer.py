@@ -4,22 +4,28 @@ The mesh is built with `foreach_set` on whole numpy arrays (a 1M-triangle mesh i
 fraction of a second; `from_pydata` is several times slower). Colours arrive linear (the
 engine converts once), so they go straight into a FLOAT_COLOR point attribute `Col`,
 made active (Solid mode "Attribute" colour, painting) and the render colour, and a
-material's Base Color reads it. The object remembers its job and checkpoint as custom
-properties, which is what Refine continues from.
+material's Base Color reads it. Shading is smooth where the surface is and sharp where it
+folds: `shade_smooth()`, then `set_sharp_from_angle` marks the edges whose faces meet at more
+than SHARP_ANGLE (Blender's own "Shade Auto Smooth" default). The object remembers its job and
+checkpoint as custom properties, which is what Refine continues from, and the fingerprint of
+the mesh as imported (start_mesh.py), which is how Refine tells an edited mesh.
 """
 from __future__ import annotations
 
 import json
 import os
 
+import math
+
 import bpy
 import numpy as np
 from mathutils import Matrix
 
 from ..results import CHECKPOINT_FILE
-from . import mesh_checks
+from . import mesh_checks, start_mesh
 
 COLOR_ATTRIBUTE = "Col"
+SHARP_ANGLE = math.radians(30.0)
 
 
 def load_arrays(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,8 +48,8 @@ def build_mesh(name: str, verts: np.ndarray, faces: np.ndarray, colors: np.ndarr
     attr.data.foreach_set("color", colors.ravel())
     me.color_attributes.active_color = attr
     me.color_attributes.render_color_index = me.color_attributes.find(COLOR_ATTRIBUTE)
-    if hasattr(me, "shade_smooth"):
-        me.shade_smooth()  # marching-cubes facets read better smooth
+    me.shade_smooth()  # marching-cubes facets read better smooth...
+    me.set_sharp_from_angle(angle=SHARP_ANGLE)  # ...and a crease stays a crease (Blender 4.1+)
     return me
 
 
@@ -79,6 +85,7 @@ def import_result(scene, view_layer, directory: str, name: str | None = None, ma
     if matrix_world is not None:
         ob.matrix_world = Matrix(matrix_world)  # from rows (a plain nested list would be read as columns)
     ob["sds_result"] = directory
+    ob[start_mesh.FINGERPRINT_PROPERTY] = start_mesh.fingerprint(me)
     if job_text:
         ob["sds_job"] = job_text
     if os.path.isfile(checkpoint):

@@ -13,7 +13,7 @@ import os
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from . import importer, job_builder, preferences, runner, worker_env
+from . import importer, job_builder, preferences, runner, start_mesh, worker_env
 from .errors import ArtistError
 from ..results import LOG_FILE, read_status
 
@@ -60,23 +60,32 @@ class SDS_OT_generate(_StartsRun, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def _start(self, context):
-        job = job_builder.generate_job(context, preferences.get(context))
-        name = job["prompt"].strip()[:48] or "SDS Result"
-        return runner.start(context, job, os.getcwd(), name=name)
+        prompt = context.scene.sds.prompt
+        name = prompt.strip()[:48] or "SDS Result"
+        with runner.run_folder(context, prompt or name) as folder:  # Start From's mesh goes there
+            job = job_builder.generate_job(context, preferences.get(context), folder)
+            return runner.start(context, job, os.getcwd(), name=name, out_dir=folder)
 
 
 REFINE_SOURCES = [("SCENE", "Scene Cameras", "Learn from the scene's cameras"),
                   ("SELECTED", "Selected Cameras", "Learn from the selected cameras"),
                   ("MIXED", "Mixed", "Scene cameras and random orbits")]
+REFINE_STARTS = [("AUTO", "Auto", "Continue the checkpoint while the mesh is as generated; start from the mesh "
+                                  "once you have edited it"),
+                 ("CHECKPOINT", "Checkpoint", "Continue the run from its checkpoint (edits to the mesh are not "
+                                              "seen)"),
+                 ("MESH", "Mesh", "Start a new run from the object's mesh as it is now, edits and colours included")]
 
 
 class SDS_OT_refine(_StartsRun, bpy.types.Operator):
-    """Continue the active generated object's run from its checkpoint, seen from your cameras; the result is a new object"""
+    """Refine the active generated object, seen from your cameras: from its checkpoint, or from its mesh once you have edited it; the result is a new object"""
     bl_idname = "sds.refine"
     bl_label = "Refine"
     bl_options = {"REGISTER", "UNDO"}
 
     camera_source: EnumProperty(name="Cameras", items=REFINE_SOURCES, default="SCENE")
+    source: EnumProperty(name="Source", items=REFINE_STARTS, default="AUTO",
+                         description="What the refined run starts from")
     steps: IntProperty(name="Steps", min=0, max=100000, default=0,
                        description="Optimisation steps (0: as many as the original run)")
 
@@ -84,9 +93,11 @@ class SDS_OT_refine(_StartsRun, bpy.types.Operator):
         ob = context.view_layer.objects.active
         if ob is None:
             raise ArtistError("Nothing to refine: make a generated object active (click it), then press Refine")
-        job, checkpoint = job_builder.refine_job(context, ob, self.camera_source, self.steps)
-        return runner.start(context, job, os.path.dirname(checkpoint), name=f"{ob.name} refined",
-                            matrix_world=ob.matrix_world.copy())
+        with runner.run_folder(context, f"{ob.name} refined") as folder:  # a start mesh goes there
+            job, base_dir, _plan = job_builder.refine_job(context, ob, self.camera_source, self.steps, self.source,
+                                                          folder)
+            return runner.start(context, job, base_dir, name=f"{ob.name} refined",
+                                matrix_world=ob.matrix_world.copy(), out_dir=folder)
 
 
 class SDS_OT_cancel(bpy.types.Operator):
@@ -117,9 +128,14 @@ class SDS_OT_export_job(_Reporting, bpy.types.Operator):
             path = os.path.abspath(bpy.path.abspath(self.filepath))
             if os.path.isdir(path):
                 raise ArtistError(f"{path} is a folder: give a file name such as job.json")
-            job = job_builder.generate_job(context, preferences.get(context))
+            folder = os.path.dirname(path)
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise ArtistError(f"Cannot write {path}: {exc.strerror or exc}") from None
+            mesh_name = os.path.splitext(os.path.basename(path))[0] + "_" + start_mesh.INIT_MESH_FILE
+            job = job_builder.generate_job(context, preferences.get(context), folder, mesh_name, relative=True)
+            try:
                 with open(path, "w", encoding="utf-8") as fh:
                     json.dump(job, fh, indent=2)
                     fh.write("\n")

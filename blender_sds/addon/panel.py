@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import preferences, runner
+from . import preferences, runner, start_mesh
 from .wrap import wrap
 
 
@@ -13,6 +13,29 @@ def _time(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
+
+
+def refine_hint(context, ob) -> str:
+    """What Refine (Source: Auto) will do with `ob`, in the words the panel shows; "" when it
+    cannot say (not a generated object, or its mesh cannot be read)."""
+    if ob is None or "sds_job" not in ob:
+        return ""
+    try:
+        depsgraph = context.view_layer.depsgraph  # as evaluated for this redraw: drawing must not evaluate
+        now = start_mesh.cached_fingerprint(ob, depsgraph) if ob.type == "MESH" else None
+        return start_mesh.refine_plan(ob, depsgraph, "AUTO", fingerprint_now=now)[1]
+    except Exception:  # a panel must draw whatever the object holds
+        return ""
+
+
+def start_hint(context) -> tuple[str, str]:
+    """(text, icon) under Start From = Active Mesh: which object it will take."""
+    ob = context.view_layer.objects.active
+    if ob is None:
+        return "No active object: click your blockout", "ERROR"
+    if ob.type != "MESH":
+        return f"'{ob.name}' is not a mesh", "ERROR"
+    return f"From '{ob.name}' (modifiers applied)", "MESH_DATA"
 
 
 class SDS_PT_main(bpy.types.Panel):
@@ -37,10 +60,21 @@ class SDS_PT_main(bpy.types.Panel):
         layout.prop(s, "method")
         layout.prop(s, "steps")
         layout.prop(s, "camera_source")
+        col = layout.column(align=True)
+        col.prop(s, "start_from")
+        if s.start_from == "ACTIVE_MESH":
+            text, icon = start_hint(context)
+            col.label(text=text, icon=icon)
         box = layout.box()
         box.prop(s, "bounds_object")
         if s.bounds_object is None:
-            box.prop(s, "bounds_size", text="Size at 3D Cursor")
+            if s.start_from == "ACTIVE_MESH":
+                box.label(text="Bounds: around the mesh", icon="PIVOT_BOUNDBOX")
+            else:
+                box.prop(s, "bounds_size", text="Size at 3D Cursor")
+        row = layout.row(align=True)
+        row.prop(s, "face_budget")
+        row.prop(s, "smoothing")
 
         generation = runner.active()
         if generation is not None:
@@ -51,8 +85,11 @@ class SDS_PT_main(bpy.types.Panel):
             row.operator("sds.generate", icon="PLAY")
             sub = row.row(align=True)
             active = context.view_layer.objects.active
-            sub.enabled = active is not None and "sds_checkpoint" in active
+            sub.enabled = active is not None and "sds_job" in active
             sub.operator("sds.refine", icon="FILE_REFRESH")
+            hint = refine_hint(context, active)
+            if hint:
+                layout.label(text=hint, icon="FILE_REFRESH")
 
         if generation is not None:
             text = s.status

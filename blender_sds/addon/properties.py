@@ -1,7 +1,7 @@
 """`scene.sds`: the settings a run is made from, and the progress the UI shows.
 
 The settings' names are the scripting API (docs/ARCHITECTURE.md "Public names"): prompt, negative_prompt, preset,
-seed, method, camera_source, bounds_object, bounds_size. `method` takes a method's own name from the
+seed, method, camera_source, bounds_object, bounds_size, start_from, face_budget, smoothing. `method` takes a method's own name from the
 registry as it is spelled there (`blender_sds.kinds.method_names()`, e.g. "sds", "perp-neg"; the
 names of docs/JOB.md "Guidance methods" and `bench janus`, not an upper-case form), and
 defaults to `kinds.DEFAULT_METHOD`. `steps` and `job_overrides` are for
@@ -16,6 +16,7 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
+from .. import job as job_schema
 from .. import kinds
 from . import runner
 
@@ -26,6 +27,10 @@ CAMERA_SOURCES = [("ORBIT", "Orbit", "Random cameras orbiting the bounds"),
                   ("SCENE", "Scene Cameras", "The scene's cameras, slightly jittered"),
                   ("SELECTED", "Selected Cameras", "The selected cameras, slightly jittered"),
                   ("MIXED", "Mixed", "Half orbit, half the scene's cameras")]
+START_FROM = [("BLOB", "Blob", "Start from a soft blob in the middle of the bounds"),
+              ("ACTIVE_MESH", "Active Mesh", "Start from the active object's mesh as the viewport shows it "
+                                             "(modifiers applied, its colour attribute): a blockout to grow into the "
+                                             "prompt. The object is left as it is; the result is a new object")]
 
 
 def _method_number(name: str) -> int:
@@ -56,6 +61,15 @@ class SDS_SceneSettings(bpy.types.PropertyGroup):
                                                "Bounds Size at the 3D cursor)")
     bounds_size: FloatProperty(name="Bounds Size", min=0.001, max=10000.0, default=2.0, subtype="DISTANCE", unit="LENGTH",
                                description="Edge of the cube at the 3D cursor that the asset lives in")
+    start_from: EnumProperty(name="Start From", items=START_FROM, default="BLOB",
+                             description="What the field starts as: a blob, or the active object's mesh")
+    face_budget: IntProperty(name="Face Budget", min=0, max=10**8, soft_max=1000000,
+                             default=job_schema.DEFAULT_TARGET_FACES,
+                             description="At most this many faces in the result (0: keep every face of the "
+                                         "isosurface). Also what Refine sends")
+    smoothing: IntProperty(name="Smoothing", min=0, max=1000, soft_max=50, default=job_schema.DEFAULT_SMOOTH,
+                           description="Smoothing passes on the result's surface before the face budget "
+                                       "(0: none). Also what Refine sends")
     job_overrides: StringProperty(name="Job Overrides",
                                   description="Advanced: a JSON object merged into the job (docs/JOB.md names)")
 

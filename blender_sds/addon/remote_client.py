@@ -4,7 +4,8 @@ The same shape as worker_client.WorkerClient (start, submit, send, messages, sto
 session.Generation follows a remote job with the same code. No bpy here (threads only). What
 differs is the files: the remote worker cannot read ours, and we must not trust its
 paths. So `submit` uploads the job's local files (a model folder, a checkpoint to refine
-from, reference images) and rewrites the job to name them, and the reader thread writes
+from, a start mesh, reference images) and rewrites the job to name them (the worker's
+messages name our files again: an upload's name becomes our path), and the reader thread writes
 the `file` messages the worker sends back into our own run folder (only the known result
 names, in order, within a size limit), then hands the session local paths. `job.json`
 there is our own normalised job, with our paths, which is what Refine reads later.
@@ -47,6 +48,7 @@ class RemoteClient(MessageChannel):
         self.cancelled = threading.Event()
         self._reader: threading.Thread | None = None
         self._receiving: dict[str, int] = {}
+        self._uploads: list[tuple[str, str]] = []  # (upload name, our path), for the worker's messages
         self._log_lock = threading.Lock()
 
     # -- connection ----------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class RemoteClient(MessageChannel):
             normal = job_schema.validate_job(job, base_dir)
             _write_json(os.path.join(self.out_dir, results.JOB_FILE), normal)
             remote_job, files = remote_form(normal)
+            self._uploads = sorted(files, key=lambda f: -len(f[0]))  # longest first: no name inside another
             deadline = time.monotonic() + HELLO_SECONDS
             while not self.greeted.wait(0.1):  # uploads only once the worker has let us in
                 if self.closed.is_set() or self.cancelled.is_set() or time.monotonic() > deadline:
@@ -184,6 +187,7 @@ class RemoteClient(MessageChannel):
                 elif kind == "done":
                     message = {**message, "out": self.out_dir}
                 elif kind == "error":
+                    message = {**message, "message": self._ours(message["message"])}
                     self.log(f"worker error: {message['message']}")
                     if isinstance(message.get("traceback"), str):
                         self.log(message["traceback"])
@@ -197,6 +201,12 @@ class RemoteClient(MessageChannel):
         self.log(f"disconnected ({reason})")
         self.closed.set()
         self.queue.put({"type": "worker_exit", "code": None})
+
+    def _ours(self, text: str) -> str:
+        """A worker's message with the names of our uploads turned back into our own paths."""
+        for name, path in self._uploads:
+            text = text.replace(name, path)
+        return text
 
     def _local(self, name: str) -> str:
         """Our path for a result file the worker named (only names we accept)."""
@@ -272,6 +282,15 @@ def remote_form(job: dict) -> tuple[dict, list[tuple[str, str]]]:
         name = f"init/{results.CHECKPOINT_FILE}"
         files.append((name, job["init"]["checkpoint"]))
         job["init"]["checkpoint"] = name
+    mesh = job["init"].get("mesh")
+    if mesh:
+        if not mesh.lower().endswith(".npz"):
+            raise job_schema.JobError("init.mesh", f"a remote worker takes a start mesh only as .npz (numpy arrays, "
+                                                   f"no pickle), got {os.path.basename(mesh)}: save it as .npz, or "
+                                                   "run on a local worker")
+        name = f"init/{_plain(os.path.basename(mesh))}"
+        files.append((name, mesh))
+        job["init"]["mesh"] = name
     for name, _ in files:
         protocol.check_name(name)
     return job, files

@@ -9,8 +9,10 @@ loaded (`stop_all`). The worker is a local subprocess or, in REMOTE mode, a conn
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import time
 
 import bpy
@@ -60,15 +62,33 @@ def new_result_dir(prefs, label: str) -> str:
     return folder
 
 
-def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None) -> Generation:
-    """Start a worker on `job`; the result will become an object called `name`."""
-    global _active
+def _check_idle() -> None:
     if active() is not None:
         raise ArtistError("A run is already going: wait for it to finish or press Cancel")
+
+
+@contextlib.contextmanager
+def run_folder(context, label: str):
+    """A new result folder made before the job (which may put its start mesh there), removed
+    again if the run does not start."""
+    _check_idle()
+    folder = new_result_dir(preferences.get(context), label)
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None, out_dir: str | None = None) -> Generation:
+    """Start a worker on `job`; the result will become an object called `name`, in `out_dir`
+    (run_folder) or a folder made here."""
+    global _active
+    _check_idle()
     prefs = preferences.get(context)
     remote = prefs.worker_mode == "REMOTE"
     make = _remote_client(prefs) if remote else _local_client(prefs)
-    out_dir = new_result_dir(prefs, job.get("prompt", "") or name)
+    out_dir = out_dir or new_result_dir(prefs, job.get("prompt", "") or name)
     client = make(out_dir)
     meta = {"scene": context.scene.name, "view_layer": context.view_layer.name, "name": name,
             "matrix_world": [list(row) for row in matrix_world] if matrix_world is not None else None,

@@ -1,7 +1,7 @@
 """The remote worker's rules: nothing a message says is trusted to be a path.
 
 A client of `serve` may be on another machine, so a job's own paths (init.checkpoint,
-reference views, model folders) mean nothing here and must not reach the disk. A remote
+init.mesh, reference views, model folders) mean nothing here and must not reach the disk. A remote
 job names only hub ids, or files the client uploaded into the job's folder; the worker
 makes every folder itself, under the root it was started with:
 
@@ -9,7 +9,8 @@ makes every folder itself, under the root it was started with:
     ROOT/jobs/<utc time, µs>-<random>/out/...      what the engine writes
 
 and sends results back as data (`file` messages). Uploads are data files only (no code,
-no pickle: a checkpoint is read with weights_only, a model must be safetensors), within
+no pickle: a checkpoint is read with weights_only, a model must be safetensors, a start
+mesh an .npz read with allow_pickle=False, never a format a parser library reads), within
 a size budget per job. One job runs at a time in the whole server (`JobSlot`); a second
 client hears "busy". Both message fields that could carry a path, `out` and `base_dir`,
 must be empty.
@@ -220,6 +221,7 @@ def _job_paths(job: dict):
     for i, view in enumerate(g["views"]):
         yield f"guidance.views[{i}].image", view["image"]
     yield "init.checkpoint", job["init"]["checkpoint"]
+    yield "init.mesh", job["init"].get("mesh")
 
 
 def _raw_paths(raw):
@@ -238,6 +240,7 @@ def _raw_paths(raw):
     init = raw.get("init")
     if isinstance(init, dict):
         yield "init.checkpoint", init.get("checkpoint"), False
+        yield "init.mesh", init.get("mesh"), False
 
 
 def _check_paths(raw, inputs: Path) -> None:
@@ -252,6 +255,9 @@ def _check_paths(raw, inputs: Path) -> None:
         except protocol.ProtocolError as exc:
             raise Refused(f"{exc}; a remote job may name only hub ids (org/name) and files it uploaded",
                           "path", key=key) from None
+        if key == "init.mesh" and not value.lower().endswith(".npz"):
+            raise Refused(f"{key}: a remote worker takes a start mesh only as .npz (numpy arrays, no pickle), got "
+                          f"{value!r}; save it as .npz (the layout of a result's mesh.npz)", "path", key=key)
         target = inputs / value
         if not target.exists():
             raise JobError(key, f"{value!r} was not uploaded to this job; upload it first (a remote job names "

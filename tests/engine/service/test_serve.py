@@ -141,6 +141,9 @@ def _run(job_extra=None, **fields):
     (_run({"init": {"checkpoint": "/etc/passwd"}}), "init.checkpoint", "absolute path"),
     (_run({"init": {"checkpoint": "~/x.pt"}}), "init.checkpoint", "absolute path"),
     (_run({"init": {"checkpoint": "never-uploaded.pt"}}), "init.checkpoint", "was not uploaded"),
+    (_run({"init": {"mesh": "../../outside/x.npz"}}), "init.mesh", "leaves its folder"),
+    (_run({"init": {"mesh": "/etc/passwd"}}), "init.mesh", "absolute path"),
+    (_run({"init": {"mesh": "never-uploaded.npz"}}), "init.mesh", "was not uploaded"),
     (_run({"guidance": {"kind": "stable-diffusion", "model": "/usr/share"}}), "guidance.model", "absolute path"),
     (_run({"guidance": {"kind": "stable-diffusion", "model": "../.."}}), "guidance.model", "leaves its folder"),
     (_run({"guidance": {"kind": "reference", "views": [{"image": "../outside/v.png", "camera": {}}]}}),
@@ -283,3 +286,68 @@ def test_uploaded_checkpoints_are_never_unpickled_as_code(server, tiny_sd, tmp_p
         assert refused["message"].startswith("init.checkpoint:") and "not a readable" in refused["message"], refused
     assert not canary.exists()
     assert proc.poll() is None
+
+
+# -- a start mesh (init.mesh) ----------------------------------------------------------------------
+
+CUBE = np.array([[x, y, z] for x in (-0.4, 0.4) for y in (-0.4, 0.4) for z in (-0.4, 0.4)], dtype=np.float32)
+CUBE_FACES = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                       [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]], dtype=np.int32)
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _fit_job(mesh: str) -> dict:
+    """Fit a pocket field to the mesh and mesh it (steps 0): no model to upload, a few seconds."""
+    return {"version": 1, "prompt": "a red cube", "seed": 1, "steps": 0, "preset": "draft",
+            "guidance": {"kind": "pocket"}, "bounds": {"center": [0, 0, 0], "size": 2.0},
+            "init": {"mesh": mesh}, "render": {"resolution": 32, "samples": 8},
+            "mesh": {"resolution": 32}, "output": {"preview_every": 0}}
+
+
+def _upload(client, name, data: bytes) -> None:
+    for message in protocol.chunks(name, io.BytesIO(data), "upload"):
+        client.send(message)
+
+
+def test_a_start_mesh_is_uploaded_as_data_and_named_by_its_own_file(server, tmp_path):
+    """The mesh travels as an upload, the job names it inside its own folder, and the engine's
+    words about it name the file, never the server's folders; an npz holding pickled objects is
+    refused unread."""
+    tmp, proc, port = server
+    client = Client(port)
+    client.hello()
+    colors = np.tile(np.array([[0.9, 0.1, 0.1, 1.0]], dtype=np.float32), (8, 1))
+    _upload(client, "init/blockout.npz", _npz(vertices=CUBE, faces=CUBE_FACES, colors=colors))
+    client.send(protocol.run(_fit_job("init/blockout.npz"), "", "", device="cpu"))
+    seen = []
+    done = client.until(("done", "error"), seen)
+    assert done["type"] == "done", done
+    sent = {m["name"] for m in seen if m["type"] == "file"}
+    assert "mesh.npz" in sent
+    ran = [json.loads(p.read_text()) for p in (tmp / "root" / "jobs").glob("*/out/job.json")
+           if "blockout.npz" in p.read_text()]
+    assert ran and ran[-1]["init"]["mesh"].endswith("/inputs/init/blockout.npz")
+    assert ran[-1]["init"]["mesh"].startswith(str((tmp / "root" / "jobs").resolve()))
+
+    far = CUBE + np.float32(10.0)  # far outside the bounds
+    _upload(client, "init/far-away.npz", _npz(vertices=far, faces=CUBE_FACES))
+    client.send(protocol.run(_fit_job("init/far-away.npz"), "", "", device="cpu"))
+    refused = client.until(("error",))
+    assert refused["kind"] == "bad_input" and refused.get("key") == "init.mesh", refused
+    assert "far-away.npz" in refused["message"] and str(tmp) not in refused["message"], refused
+
+    canary = tmp_path / "canary-created-by-pickle"
+    trap = np.empty(1, dtype=object)
+    trap[0] = _Trap(str(canary))
+    _upload(client, "init/pickled.npz", _npz(vertices=CUBE, faces=CUBE_FACES, colors=trap))
+    client.send(protocol.run(_fit_job("init/pickled.npz"), "", "", device="cpu"))
+    refused = client.until(("error",))
+    assert refused["kind"] == "bad_input" and refused["message"].startswith("init.mesh:"), refused
+    assert "pickled.npz" in refused["message"] and str(tmp) not in refused["message"], refused
+    assert not canary.exists()
+    assert files_outside(tmp) == [] and proc.poll() is None

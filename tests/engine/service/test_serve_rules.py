@@ -139,6 +139,31 @@ def test_jobs_that_would_load_code_pickle_or_foreign_paths_are_refused(sandbox, 
         sandbox.prepare(run_message(job))
 
 
+def test_a_start_mesh_is_an_uploaded_npz_read_inside_the_jobs_folder(sandbox):
+    upload(sandbox, "init/blockout.npz", b"PK not really arrays")
+    job, _out = sandbox.prepare(run_message(sd_job("org/model", init={"mesh": "init/blockout.npz"})))
+    inputs = (sandbox.jobs / "x").resolve().parent
+    assert job["init"]["mesh"].startswith(str(inputs)) and job["init"]["mesh"].endswith("/inputs/init/blockout.npz")
+
+
+@pytest.mark.parametrize("files, mesh, words", [
+    ({"init/blockout.json": "{}"}, "init/blockout.json", "start mesh only as .npz"),
+    ({}, "init/../../../x.npz", "leaves its folder"),
+    ({}, "/tmp/x.npz", "absolute path"),
+])
+def test_a_start_mesh_that_is_not_an_uploaded_npz_is_refused(sandbox, files, mesh, words):
+    for name, text in files.items():
+        upload(sandbox, name, text.encode())
+    with pytest.raises(Refused, match=words) as exc:
+        sandbox.prepare(run_message(sd_job("org/model", init={"mesh": mesh})))
+    assert exc.value.key == "init.mesh"
+
+
+def test_a_start_mesh_that_was_not_uploaded_names_the_key(sandbox):
+    with pytest.raises(JobError, match="init.mesh: 'init/blockout.npz' was not uploaded"):
+        sandbox.prepare(run_message(sd_job("org/model", init={"mesh": "init/blockout.npz"})))
+
+
 def test_a_job_naming_a_file_that_was_not_uploaded_names_the_key(sandbox):
     with pytest.raises(JobError, match="init.checkpoint: 'c.pt' was not uploaded"):
         sandbox.prepare(run_message(sd_job("org/model", init={"checkpoint": "c.pt"})))
