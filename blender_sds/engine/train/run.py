@@ -62,18 +62,22 @@ class Run:
         init = settings.init  # a file that is no checkpoint is refused before the model loads
         checkpoint = artifacts.load_checkpoint(init["checkpoint"]) if init["checkpoint"] else None
         bounds = settings.bounds
-        self.emit({"type": "stage", "name": "loading guidance"})
-        self.guidance = build_guidance(settings.guidance, device)
         self.field = Field(list(bounds.center), bounds.size, FieldConfig.for_preset(settings.field_preset)).to(device)
         self.background = Background().to(device)
+        # A bad start mesh is refused, and the fit done, before the model loads.
         self.keep_shape = self.start_from_mesh(init) if init["mesh"] else None
+        # steps 0 (fit init.mesh and stop) judges nothing: no model is loaded for it.
+        self.guidance = None
+        if settings.steps > 0:
+            self.emit({"type": "stage", "name": "loading guidance"})
+            self.guidance = build_guidance(settings.guidance, device)
         self.occupancy = OccupancyGrid(list(bounds.center), bounds.size, device=device)
         # Every trained part brings its groups, losses and state; the judge may bring its own.
         self.parts = [FieldPart(self.field, settings.lr, settings.losses), BackgroundPart(self.background),
-                      *self.guidance.trained_parts()]
+                      *(self.guidance.trained_parts() if self.guidance else ())]
         self.optimizer = torch.optim.Adam([g for part in self.parts for g in part.parameter_groups()],
                                           betas=(0.9, 0.99), eps=1e-15)
-        rig = self.guidance.rig  # a kind that judges only its own cameras brings them, unjittered
+        rig = self.guidance.rig if self.guidance else None  # a kind that judges only its own cameras brings them, unjittered
         self.cameras = CameraSampler(settings.cameras, device, self.generator, rig=rig, jitter=rig is None)
         self.step = 0
         self.nonfinite = torch.zeros((), dtype=torch.int32, device=device)
