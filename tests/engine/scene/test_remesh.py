@@ -11,6 +11,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
+from blender_sds.engine.bench.smoothing import remembered  # both meshes below sample one grid
 from blender_sds.engine.pocket import metrics, shapes, world
 from blender_sds.engine.scene import remesh
 from blender_sds.engine.scene.isosurface import extract_mesh
@@ -39,19 +40,6 @@ def surface_chamfer(a: dict, b: dict, n: int = 20000) -> float:
     pa, _ = metrics.sample_surface(a, n, seed=1)
     pb, _ = metrics.sample_surface(b, n, seed=2)
     return 0.5 * float(distances(pa, b["vertices"], b["faces"]).mean() + distances(pb, a["vertices"], a["faces"]).mean())
-
-
-def remembered(density_fn):
-    """The same field, each chunk of the grid computed once: both meshes below sample one grid."""
-    memo = {}
-
-    def density(points):
-        key = (len(points), tuple(points[0].tolist()), tuple(points[-1].tolist()))
-        if key not in memo:
-            memo[key] = density_fn(points)
-        return memo[key]
-
-    return density
 
 
 BOX_AT = torch.tensor([0.3, 0.0, 0.25])
