@@ -53,7 +53,7 @@ MAX_COORDINATE = 1e6  # bounds centre and camera positions
 MAX_RENDER_POINTS = 2**31  # render resolution^2 x batch x samples: past int32 indexing, and ~TBs of memory
 MESH_SUFFIXES = (".npz", ".obj", ".ply", ".glb", ".gltf", ".stl", ".off")  # init.mesh: ours, or through trimesh
 KEEP_SHAPE_SCHEDULES = ("constant", "linear")  # linear: falls to zero at the last step
-DEFAULT_KEEP_SHAPE = 1.0  # with init.mesh; docs/QUALITY.md "Starting from a mesh" measures the choices
+DEFAULT_KEEP_SHAPE = 10.0  # with init.mesh; docs/QUALITY.md "Starting from a mesh" measures the choices
 DEFAULT_TARGET_FACES = 30000  # an editable mesh; 0 keeps every marching-cubes face
 DEFAULT_SMOOTH = 40  # Taubin steps on the extracted surface; docs/QUALITY.md "Smoothing" measures the choice
 

@@ -172,7 +172,7 @@ def test_artist_mesh_end_to_end(newest_blender, run_scenario, server):
     gen = facts["generate"]
     assert gen["returned"] == ["FINISHED"], gen["message"]
     assert gen["new_object"] and gen["blockout_same"] and gen["result_matrix_identity"]
-    assert gen["init_mesh_in_result"] and gen["keep_shape"] == 1.0
+    assert gen["init_mesh_in_result"] and gen["keep_shape"] == job_schema.DEFAULT_KEEP_SHAPE
     lo, hi = (np.array(b) for b in gen["blockout_box"])
     extent = (hi - lo).max()
     assert np.allclose(gen["bounds"]["center"], (lo + hi) / 2, atol=1e-5)
@@ -186,7 +186,7 @@ def test_artist_mesh_end_to_end(newest_blender, run_scenario, server):
     assert "Refine will start from your edited mesh" in tall["panel"], tall["panel"]
     assert tall["returned"] == ["FINISHED"], tall["message"]
     assert tall["init"]["checkpoint"] is None and tall["init"]["mesh"].endswith("init_mesh.npz")
-    assert tall["steps"] == REFINE_STEPS and tall["keep_shape"] == 1.0
+    assert tall["steps"] == REFINE_STEPS and tall["keep_shape"] == job_schema.DEFAULT_KEEP_SHAPE
     # 1.6x taller no longer fits the generated run's bounds: they grow to hold the edit and the old box
     c, half = np.array(tall["bounds"]["center"]), tall["bounds"]["size"] / 2
     old_c, old_half = np.array(tall["generated_bounds"]["center"]), tall["generated_bounds"]["size"] / 2

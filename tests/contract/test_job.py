@@ -387,7 +387,7 @@ def test_a_job_may_start_from_a_mesh_and_stop_after_the_fit(base):
     raw["init"] = {"mesh": "blockout.obj"}
     job = validate_job(raw, base_dir=base)
     assert job["init"] == {"checkpoint": None, "resume": False, "mesh": str(base / "blockout.obj")}
-    assert (job["optim"]["keep_shape"], job["optim"]["keep_shape_schedule"]) == (1.0, "constant")
+    assert (job["optim"]["keep_shape"], job["optim"]["keep_shape_schedule"]) == (10.0, "constant")
     fit_only = with_steps(job, 0)
     assert fit_only["steps"] == 0 and fit_only["optim"]["albedo_steps"] == 0
     # Resuming a run that started from a mesh: the mesh stays, as the shape to keep.
