@@ -13,9 +13,8 @@ the mesh as imported (start_mesh.py), which is how Refine tells an edited mesh.
 from __future__ import annotations
 
 import json
-import os
-
 import math
+import os
 
 import bpy
 import numpy as np
