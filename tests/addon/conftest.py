@@ -96,3 +96,14 @@ def run_scenario(tmp_path, addon_zip, pycache):
         result["_user_dir"] = str(user)
         return result
     return run
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real `serve` on a free loopback port, in its own folder: (folder, port)."""
+    from serve_client import start_serve, stop_serve
+    serve_tmp = tmp_path / "server"
+    serve_tmp.mkdir()
+    proc, port = start_serve(serve_tmp)
+    yield serve_tmp, port
+    stop_serve(proc)

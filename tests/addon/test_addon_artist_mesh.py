@@ -14,7 +14,7 @@ import pytest
 
 from blender_sds import job as job_schema
 from bpy_harness import HUB_MODEL, TINY_OVERRIDES
-from serve_client import TOKEN, start_serve, stop_serve
+from serve_client import TOKEN
 
 CUBE = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)], dtype=np.float32)
 # outward triangles of the cube above (index = 4x + 2y + z over the corners' 0/1 bits)
@@ -150,15 +150,6 @@ def test_artist_mesh_jobs(blender, run_scenario, cube_result):
 REFINE_STEPS = 40
 # Fine enough that one marching-cubes cell is a few percent of the asset, for the ratios below.
 E2E_OVERRIDES = {**TINY_OVERRIDES, "mesh": {"resolution": 48}}
-
-
-@pytest.fixture
-def server(tmp_path):
-    serve_tmp = tmp_path / "server"
-    serve_tmp.mkdir()
-    proc, port = start_serve(serve_tmp)
-    yield serve_tmp, port
-    stop_serve(proc)
 
 
 def test_artist_mesh_end_to_end(newest_blender, run_scenario, server):

@@ -13,21 +13,12 @@ version-specific bpy API."""
 import pytest
 
 from blender_sds import kinds
-from serve_client import TOKEN, start_serve, stop_serve
+from serve_client import TOKEN
 
 # The judge's predictions a step (docs/JOB.md "Guidance methods"): Perp-Neg asks for its two
 # negatives whenever a camera of the batch weighs them, as the two scene cameras (far from
 # overhead) always do.
 PREDICTIONS = {"sds": 2, "perp-neg": 4, "debiased": 2}
-
-
-@pytest.fixture
-def server(tmp_path):
-    serve_tmp = tmp_path / "server"
-    serve_tmp.mkdir()
-    proc, port = start_serve(serve_tmp)
-    yield serve_tmp, port
-    stop_serve(proc)
 
 
 def test_each_method_reaches_the_worker_and_imports(newest_blender, run_scenario, tiny_sd, server):
