@@ -1,4 +1,5 @@
-"""Command line: `python -m blender_sds.engine run JOB.json --out DIR`, `worker`, `bench NAME`.
+"""Command line: `python -m blender_sds.engine run JOB.json --out DIR`, `batch MANIFEST --out DIR`,
+`worker`, `serve`, `bench NAME`.
 
 Bad input (the job, its files, the model source) exits with code 2 and one line on
 stderr that names the key or file; `--debug` shows the traceback too. A cancelled run
@@ -98,6 +99,11 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import cli
+    return cli.main(args)
+
+
 def cmd_worker(args) -> int:
     from .service.worker import main
     return main() or 0
@@ -131,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--progress", choices=("bar", "json", "none"), default=None,
                      help="bar on a terminal, JSON lines when piped (default)")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    from .batch.cli import add_arguments as batch_arguments
+    batch_arguments(sub.add_parser("batch", help="run many jobs on a Ray cluster (docs/SCALING.md)"))
     sub.add_parser("worker", help="speak the add-on protocol over stdin/stdout")
     from .service.serve import add_arguments as serve_arguments
     serve_arguments(sub.add_parser("serve", help="speak the add-on protocol over TCP (a remote worker)",
@@ -147,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "batch":
+            return cmd_batch(args)
         return cmd_worker(args)
     except Exception:
         if args.debug:

@@ -15,6 +15,7 @@ from ...device import weight_dtype
 from .model_source import (HUB_ERRORS, ModelSourceError, classify, diffusers_dtype, fetch_pipeline_folder,
                            require_parts)
 from ...settings import GuidanceSettings
+from . import weights_cache
 from .text_unet import TextConditionedPredictor
 
 PIXEL_FOLDER_PARTS = ("unet/config.json", "scheduler", "text_encoder/config.json", "tokenizer")
@@ -58,7 +59,8 @@ class PixelPredictor(TextConditionedPredictor):
     def __init__(self, settings: GuidanceSettings, device: torch.device):
         device = torch.device(device)
         dtype = weight_dtype(settings.dtype, device)
-        parts = load_pixel_model(settings.model, dtype)
+        parts = weights_cache.load(("pixel", settings.model, None, str(dtype), str(device)),
+                                   lambda: load_pixel_model(settings.model, dtype), keep=not settings.low_vram)
         super().__init__(settings, device, parts.pop("unet"), parts.pop("scheduler_config"), dtype)
         size = self.unet.config.sample_size or 64  # IF stage I works at 64x64
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)

@@ -16,6 +16,7 @@ from ...device import weight_dtype
 from .model_source import (HUB_ERRORS, ModelSourceError, classify, diffusers_dtype, fetch_config_folder,
                            fetch_pipeline_folder, hub_offline, require_parts, single_file_keys)
 from ...settings import GuidanceSettings
+from . import weights_cache
 from .text_unet import TextConditionedPredictor, place_module
 
 SD_FOLDER_PARTS = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder", "tokenizer", "scheduler")
@@ -133,7 +134,9 @@ class StableDiffusionPredictor(TextConditionedPredictor):
     def __init__(self, settings: GuidanceSettings, device: torch.device):
         device = torch.device(device)
         dtype = weight_dtype(settings.dtype, device)
-        parts = load_stable_diffusion(settings.model, settings.config, dtype)
+        parts = weights_cache.load(("stable-diffusion", settings.model, settings.config, str(dtype), str(device)),
+                                   lambda: load_stable_diffusion(settings.model, settings.config, dtype),
+                                   keep=not settings.low_vram)
         super().__init__(settings, device, parts.pop("unet"), parts.pop("scheduler_config"), dtype)
         self.vae = _place_vae(parts.pop("vae"), self.device, self.low_vram)
         self.scaling_factor = float(self.vae.config.scaling_factor)

@@ -17,6 +17,7 @@ from ...scene.directions import direction_index
 from ...scene.views import ViewBatch
 from ...settings import GuidanceSettings
 from ..predictor import Blend, NoisePredictor, condition_name
+from . import weights_cache
 from .prompts import view_prompts
 
 MAX_TOKENS = 77  # CLIP's context; DeepFloyd IF also encodes its T5 prompts at 77 tokens
@@ -106,6 +107,8 @@ class TextConditionedPredictor(NoisePredictor):
         if self.view_dependent:
             prompts += view_prompts(prompt)
         encoded = encode_prompts(tokenizer, text_encoder, prompts, self.device).to(self.device, self.dtype)
+        if weights_cache.holds(text_encoder) and not self.low_vram:
+            text_encoder.to("cpu")  # kept for the next job's prompts, off the GPU until then
         del tokenizer, text_encoder
         release_memory(self.device)
         self.embeddings = PromptEmbeddings(prompt=encoded[0:1], uncond=encoded[1:2],
