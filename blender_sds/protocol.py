@@ -15,6 +15,15 @@ Closing the add-on's side (EOF) tells the worker to stop. Files travel as data, 
 paths the other side should open: the add-on `upload`s a remote job's inputs, a remote
 worker sends its results back as `file` chunks (base64 in JSON; no pickle on the wire).
 
+A remote worker runs one job at a time and queues the others, in order. Its hello carries
+`queue: {"running": 0|1, "waiting": n}`. A job that has to wait is answered with
+`{"type": "queued", "position": k, "length": n}` (position 1 = next to run, `length` =
+jobs waiting in all), again each time either number changes; when it starts, the usual run
+messages follow. `cancel` takes a waiting job out of the queue (answered with an `error` of
+kind `cancelled`) or stops a running one. Remote connections are TLS: the add-on pins the
+server's certificate by its SHA-256 fingerprint (`certificate_fingerprint`, written as
+`serve` prints it; `fingerprint_digest` reads any common spelling of it).
+
 Receivers ignore message types they do not know, so a newer peer can add events without
 breaking an older one; changing a known message's meaning needs a new PROTOCOL_VERSION.
 A malformed line is a ProtocolError; a line over the limit is a LineTooLong, after which
@@ -45,7 +54,8 @@ ERROR_CODES = {
     "bad_hello": "the first message is not a hello in this protocol version",
     "too_large": "a line, a message or the uploads over the limit",
     "unauthorized": "no token, or a wrong one",
-    "busy": "a job is already running",
+    "busy": "this connection already has a run going, or the remote worker has all the clients it takes",
+    "queue_full": "the remote worker's queue is full, in all or for this token (the message says which limit)",
     "path": "a path the remote worker will not touch",
     "upload": "an upload refused or lost",
     "job": "the job is refused; `key` names the value",
@@ -59,7 +69,7 @@ ERROR_CODES = {
 }
 ROLES = ("addon", "worker")
 ADDON_MESSAGES = ("hello", "run", "cancel", "ping", "upload")
-WORKER_MESSAGES = ("hello", "stage", "start", "progress", "preview", "checkpoint", "done", "error",
+WORKER_MESSAGES = ("hello", "queued", "stage", "start", "progress", "preview", "checkpoint", "done", "error",
                    "heartbeat", "pong", "file")
 
 # Fields a known message must carry, with their JSON types; extra fields are allowed, and
@@ -68,6 +78,7 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "hello": {"protocol": int, "role": str},
     "run": {"job": dict, "base_dir": str, "out": str},
     "cancel": {},
+    "queued": {"position": int, "length": int},
     "stage": {"name": str},
     "start": {"steps": int},
     "progress": {"step": int, "steps": int},
@@ -111,6 +122,9 @@ def check_message(message) -> dict:
         raise ProtocolError(f"'error' message: kind must be one of {ERROR_KINDS}, got {message['kind']!r}")
     if kind in ("upload", "file") and message["offset"] < 0:
         raise ProtocolError(f"'{kind}' message: field 'offset' must be >= 0, got {message['offset']}")
+    if kind == "queued" and not 1 <= message["position"] <= message["length"]:
+        raise ProtocolError(f"'queued' message: position must be 1 .. length, got {message['position']} of "
+                            f"{message['length']}")
     return message
 
 
@@ -196,6 +210,11 @@ def cancel() -> dict:
     return {"type": "cancel"}
 
 
+def queued(position: int, length: int) -> dict:
+    """A remote job's place in the server's queue: 1 = next to run, of `length` waiting."""
+    return check_message({"type": "queued", "position": position, "length": length})
+
+
 def error(message: str, kind: str, code: str, key: str | None = None, **extra) -> dict:
     """A failure for people (`message`) and for the program (`kind`, `code`, `key`: see ERROR_CODES)."""
     if kind not in ERROR_KINDS:
@@ -222,6 +241,29 @@ def pong(ping_message: dict) -> dict:
     if isinstance(ident, bool) or not isinstance(ident, (str, int)) or len(str(ident)) > 64:
         return {"type": "pong"}
     return {"type": "pong", "id": ident}
+
+
+# -- the remote worker's certificate ----------------------------------------------------------
+
+def certificate_fingerprint(der: bytes) -> str:
+    """A certificate's SHA-256 fingerprint as `serve` prints it and artists paste it: 'AB:CD:...'."""
+    import hashlib
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def fingerprint_digest(text: str) -> bytes:
+    """The 32 bytes a SHA-256 fingerprint names, written 'AB:CD:..', 'abcd..', with 'sha256:' or
+    'SHA256:' before it, or spaces in it; ValueError saying what was wrong otherwise."""
+    plain = "".join(str(text).split())
+    if plain[:7].lower() == "sha256:":
+        plain = plain[7:]
+    plain = plain.replace(":", "")
+    if len(plain) != 64 or any(c not in "0123456789abcdefABCDEF" for c in plain):
+        shown = str(text).strip()
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise ValueError(f"{shown!r} is not a SHA-256 fingerprint (64 hex digits, e.g. "
+                         "'AB:CD:...:EF' as serve prints it at start)")
+    return bytes.fromhex(plain)
 
 
 # -- files as data ---------------------------------------------------------------------------

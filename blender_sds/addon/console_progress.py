@@ -1,8 +1,9 @@
 """Progress lines on stdout for runs that block (scripts, background Blender).
 
 A blocking `bpy.ops.sds.generate()` shows no panel, so without these a headless run is
-silent for minutes. One line when the stage changes, then one per 5% of the steps (or
-every 30 s while nothing else is said), so a log stays short however long the run. No bpy.
+silent for minutes. One line when the stage changes (a remote job's place in its worker's
+queue included), then one per 5% of the steps (or every 30 s while nothing else is said),
+so a log stays short however long the run. No bpy.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ class ConsoleProgress:
     def __call__(self, generation) -> None:
         now = time.monotonic()
         line = None
-        if generation.stage != self.stage:
-            self.stage = generation.stage
-            line = f"{generation.stage}"
+        stage = generation.stage_text.lower() if generation.stage == "queued" else generation.stage
+        if stage != self.stage:  # a queued job's place in line is news too
+            self.stage = stage
+            line = stage
         if generation.steps and generation.stage == "optimising":
             percent = int(100 * generation.step / generation.steps)
             if percent >= self.percent + PERCENT_EVERY or (line is None and now - self.said_at >= QUIET_SECONDS):
@@ -48,7 +50,7 @@ class ConsoleProgress:
                 line = f"step {generation.step}/{generation.steps} ({percent}%{_time(generation.seconds_left)})" + (
                     " still working" if same else "")
         elif line is None and now - self.said_at >= QUIET_SECONDS:
-            line = f"{generation.stage} (still working)"
+            line = f"{stage} ({'still waiting' if generation.stage == 'queued' else 'still working'})"
         if line is not None:
             self.said_at = now
             self.out(f"SDS [{self.label}]: {line}", flush=True)

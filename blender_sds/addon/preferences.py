@@ -42,6 +42,14 @@ class SDS_AddonPreferences(bpy.types.AddonPreferences):
     remote_address: StringProperty(name="Address", description="host:port of a remote worker, e.g. 127.0.0.1:8765")
     remote_token: StringProperty(name="Token", subtype="PASSWORD",
                                  description="The secret the remote worker was started with (its --token-file)")
+    remote_fingerprint: StringProperty(
+        name="Fingerprint",
+        description="The SHA-256 fingerprint of the remote worker's certificate, as 'serve' prints it when it "
+                    "starts: pinned like an SSH host key, so a server whose certificate does not match is refused")
+    remote_tls: BoolProperty(
+        name="TLS", default=True,
+        description="Encrypt the connection and check the server's certificate against Fingerprint. Off: plain "
+                    "TCP, allowed only to a loopback address (127.0.0.1, ::1), e.g. the local end of an SSH tunnel")
     worker_timeout: IntProperty(
         name="Worker Timeout", min=2, max=3600, default=120, subtype="TIME_ABSOLUTE",
         description="Seconds without a word (not even a heartbeat) after which a worker is taken for stuck and "
@@ -85,8 +93,14 @@ class SDS_AddonPreferences(bpy.types.AddonPreferences):
         else:
             box.prop(self, "remote_address")
             box.prop(self, "remote_token")
-            box.label(text="The token is sent unencrypted: across a network, use an SSH tunnel or a VPN",
-                      icon="INFO")
+            box.prop(self, "remote_tls")
+            if self.remote_tls:
+                box.prop(self, "remote_fingerprint")
+                if not self.remote_fingerprint.strip():
+                    box.label(text="Paste the fingerprint 'serve' printed when it started", icon="ERROR")
+            else:
+                box.label(text="Plain TCP: only to a loopback address, e.g. the local end of an SSH tunnel",
+                          icon="INFO")
         layout.prop(self, "worker_timeout")
         layout.prop(self, "model_source")
         if self.model_source == "POCKET":

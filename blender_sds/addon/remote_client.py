@@ -9,14 +9,24 @@ messages name our files again: an upload's name becomes our path), and the reade
 the `file` messages the worker sends back into our own run folder (only the known result
 names, in order, within a size limit), then hands the session local paths. `job.json`
 there is our own normalised job, with our paths, which is what Refine reads later.
+
+The connection is TLS, and the server's certificate is pinned like an SSH host key: its
+SHA-256 fingerprint must be the one the artist pasted from `serve`'s start-up line, or
+nothing (not even the token) is sent. No CA is consulted: a team's GPU box has none. Plain
+TCP (`tls=False`) is for a loopback address only (the local end of an SSH tunnel), so a
+token never crosses a network in clear. A `queued` message (the job's place in the
+server's queue) reaches the session like the run's other messages.
 """
 from __future__ import annotations
 
 import copy
+import hmac
+import ipaddress
 import json
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 
@@ -24,20 +34,26 @@ from .. import job as job_schema
 from .. import protocol, results
 from .worker_client import MessageChannel
 
-CONNECT_SECONDS = 10.0
+CONNECT_SECONDS = 10.0  # to connect and finish the TLS handshake
 HELLO_SECONDS = 30.0
 MAX_RESULT_BYTES = 8 * 2**30  # a result file bigger than this is not one of ours
+REMOTE_PREFS = "Edit > Preferences > Add-ons > SDS Text to Mesh > Remote Worker"
+FINGERPRINT_PREF = f"{REMOTE_PREFS} > Fingerprint"
 
 
 class RemoteClient(MessageChannel):
-    def __init__(self, host: str, port: int, token: str, out_dir: str, log_path: str):
+    def __init__(self, host: str, port: int, token: str, out_dir: str, log_path: str, *,
+                 fingerprint: str = "", tls: bool = True):
         self.host = host
         self.port = port
         self.token = token
         self.out_dir = out_dir
         self.log_path = log_path
+        self.fingerprint = fingerprint
+        self.tls = tls
+        self.certificate: str | None = None  # the fingerprint of the certificate we accepted
         self.where = f"{host}:{port}"
-        self.hint = (f"Check Address and Token of the remote worker in the add-on preferences, and that "
+        self.hint = (f"Check Address, Token and Fingerprint of the remote worker in the add-on preferences, and that "
                      f"'python -m blender_sds.engine serve' runs at {self.where}")
         self.queue: queue.Queue = queue.Queue()
         self.sock: socket.socket | None = None
@@ -54,19 +70,71 @@ class RemoteClient(MessageChannel):
     # -- connection ----------------------------------------------------------------------------
     def start(self) -> None:
         from .worker_client import WorkerStartError
+        pinned = None
+        if not self.tls and not _is_loopback(self.host):
+            raise WorkerStartError(f"TLS is off, and {self.host} is not this machine: the token would cross the "
+                                   f"network in clear. Turn TLS on ({REMOTE_PREFS} > TLS) and start serve without "
+                                   "--plain, or reach it through an SSH tunnel (ssh -L 8765:localhost:8765) at "
+                                   "127.0.0.1")
+        if self.tls and self.fingerprint.strip():
+            try:
+                pinned = protocol.fingerprint_digest(self.fingerprint)
+            except ValueError as exc:
+                raise WorkerStartError(f"Fingerprint: {exc}; set it in {FINGERPRINT_PREF}") from None
         try:
-            self.sock = socket.create_connection((self.host, self.port), timeout=CONNECT_SECONDS)
+            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_SECONDS)
         except OSError as exc:
             raise WorkerStartError(f"could not connect to the remote worker at {self.where}: "
                                    f"{exc.strerror or exc}") from None
+        if self.tls:
+            sock = self._pin(sock, pinned)  # before a byte of ours (the token) is sent
+        self.sock = sock
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.log(f"connected to {self.where}")
+        self.log(f"connected to {self.where}" + (f" (TLS, certificate SHA-256 {self.certificate})" if self.tls
+                                                 else " (plain TCP)"))
         self.writer = protocol.MessageWriter(self.sock.makefile("wb"))
         self._reader = threading.Thread(target=self._read, name="sds-remote-reader", daemon=True)
         self._reader.start()
         self.send(protocol.hello("addon", **({"token": self.token} if self.token else {})))
+
+    def _pin(self, sock: socket.socket, pinned: bytes | None) -> ssl.SSLSocket:
+        """The TLS connection, if the server's certificate is the pinned one; else WorkerStartError
+        naming the certificate it showed and where its fingerprint goes (as SSH does for a host key)."""
+        from .worker_client import WorkerStartError
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False  # no CA signs a team's GPU box: the fingerprint below is the check
+        context.verify_mode = ssl.CERT_NONE
+        context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)  # the server's close is the end
+        try:
+            tls = context.wrap_socket(sock, server_hostname=None)
+            der = tls.getpeercert(binary_form=True)
+        except (OSError, ValueError) as exc:
+            sock.close()
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise WorkerStartError(f"could not make a TLS connection to the remote worker at {self.where} "
+                                   f"({reason}). If it was started with --plain, start it without (or turn TLS "
+                                   f"off for a loopback address: {REMOTE_PREFS} > TLS)") from None
+        shown = protocol.certificate_fingerprint(der or b"")
+        if pinned is not None and hmac.compare_digest(_digest(der or b""), pinned):
+            self.certificate = shown
+            return tls
+        tls.close()
+        self.log(f"refused the certificate of {self.where}: SHA-256 {shown}")
+        if pinned is None:
+            raise WorkerStartError(
+                f"no Fingerprint is set for the remote worker at {self.where}, so its certificate cannot be "
+                f"trusted (nothing was sent). It shows SHA-256 fingerprint {shown}. Check that this is the one "
+                f"'serve' printed when it started ('TLS certificate SHA-256 fingerprint: ...'); if it is, put it "
+                f"in {FINGERPRINT_PREF}")
+        raise WorkerStartError(
+            f"the remote worker at {self.where} shows a certificate with SHA-256 fingerprint {shown}, not the "
+            f"Fingerprint set in the preferences ({_shown(pinned)}). "
+            "Someone may be intercepting the connection, or the server made a new certificate (its tls folder "
+            "was removed). Nothing was sent, not even the token. Ask whoever runs the server which fingerprint "
+            f"'serve' printed; only if it is {shown}, put it in {FINGERPRINT_PREF}")
 
     def send(self, message: dict) -> bool:
         if message.get("type") == "cancel" and not self.submitted.is_set():
@@ -75,17 +143,19 @@ class RemoteClient(MessageChannel):
         return super().send(message)
 
     def hang_up(self) -> None:
-        """Tell the worker we are done (EOF): it stops the job and closes its side."""
+        """Tell the worker we are done (EOF): it stops the job and closes its side. A TCP
+        half-close under TLS too (the server reads it as the end), so its last words still
+        reach the reader thread."""
         if self.sock is not None:
             try:
-                self.sock.shutdown(socket.SHUT_WR)
+                socket.socket.shutdown(self.sock, socket.SHUT_WR)
             except OSError:
                 pass
 
     def kill(self) -> None:
         if self.sock is not None:
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -177,6 +247,8 @@ class RemoteClient(MessageChannel):
                 kind = message["type"]
                 if kind == "hello":
                     self.greeted.set()
+                elif kind == "queued":
+                    self.log(f"queued: {message['position']} of {message['length']} waiting")
                 elif kind == "file":
                     self._receive(message)
                     continue
@@ -251,6 +323,25 @@ class RemoteClient(MessageChannel):
         kept = [ln.split(" ", 1)[-1] for ln in text.splitlines()
                 if ln.strip() and "connected to" not in ln and "disconnected" not in ln]
         return " | ".join(kept[-lines:])
+
+
+def _digest(der: bytes) -> bytes:
+    import hashlib
+    return hashlib.sha256(der).digest()
+
+
+def _shown(digest: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def _is_loopback(host: str) -> bool:
+    """True when every address `host` names is this machine's loopback."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+        addresses = {info[4][0].split("%")[0] for info in infos}
+        return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    except (OSError, ValueError):
+        return False
 
 
 def remote_form(job: dict) -> tuple[dict, list[tuple[str, str]]]:

@@ -98,7 +98,7 @@ def start(context, job: dict, base_dir: str, *, name: str, matrix_world=None, ou
     try:
         generation.start()
     except WorkerStartError as exc:
-        where = "Address and Token" if remote else "Worker Python"
+        where = "Address, Token and Fingerprint" if remote else "Worker Python"
         raise ArtistError(f"The worker could not be started ({exc}): check {where} in "
                           + preferences.PREFS_PATH) from None
     _active = generation
@@ -119,9 +119,13 @@ def _local_client(prefs):
 
 
 def _remote_client(prefs):
+    """A factory for a connection to a remote `serve`: over TLS, its certificate pinned to
+    Fingerprint (like an SSH host key), unless TLS is off (plain TCP, loopback only)."""
     host, port = preferences.remote_address(prefs)
     token = prefs.remote_token.strip()
-    return lambda out_dir: RemoteClient(host, port, token, out_dir, os.path.join(out_dir, WORKER_LOG))
+    fingerprint, tls = prefs.remote_fingerprint.strip(), prefs.remote_tls
+    return lambda out_dir: RemoteClient(host, port, token, out_dir, os.path.join(out_dir, WORKER_LOG),
+                                        fingerprint=fingerprint, tls=tls)
 
 
 def _is_hub_model(job: dict) -> bool:
@@ -132,8 +136,7 @@ def _is_hub_model(job: dict) -> bool:
 def sync_scene(generation: Generation, scene) -> None:
     """Copy the run's state into scene.sds (main thread only), and show a new preview."""
     s = scene.sds
-    s.status = {"failed": "Failed", "cancelled": generation.message}.get(generation.state,
-                                                                         generation.stage.capitalize())
+    s.status = {"failed": "Failed", "cancelled": generation.message}.get(generation.state, generation.stage_text)
     s.step, s.steps_total = generation.step, generation.steps
     s.progress = min(1.0, generation.fraction)
     s.seconds_left = -1.0 if generation.seconds_left is None else float(generation.seconds_left)

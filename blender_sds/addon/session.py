@@ -3,11 +3,12 @@ a small state the UI shows.
 
 No bpy here. `pump()` is called on the main thread (by the timer in the UI, or in a
 blocking loop by `execute()`); it drains the worker's queue and moves the state along:
-starting -> running -> done | failed | cancelled. Every way a run can end, including a
-worker that dies, hangs, was never a worker, speaks another protocol version or writes
-garbage, ends in one of those with a message that says what to do. The client is a local
-subprocess (worker_client.py) or a remote worker (remote_client.py); this file does not
-care which.
+starting -> running -> done | failed | cancelled (a remote worker busy with other jobs
+first sends `queued`, the job's place in line, which the progress line shows). Every way a
+run can end, including a worker that dies, hangs, was never a worker, speaks another
+protocol version or writes garbage, ends in one of those with a message that says what to
+do. The client is a local subprocess (worker_client.py) or a remote worker
+(remote_client.py); this file does not care which.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ SILENCE_SECONDS = 120.0  # heartbeats come every protocol.HEARTBEAT_SECONDS; all
 CANCEL_SECONDS = 15.0  # a cancelled run gets this long to stop by itself before it is killed
 
 FINISHED = ("done", "failed", "cancelled")
+RUN_MESSAGES = ("stage", "start", "progress", "preview", "checkpoint", "done")  # a queued job has begun
 
 
 class Generation:
@@ -41,6 +43,8 @@ class Generation:
         self.step = 0
         self.steps = 0
         self.seconds_left: float | None = None
+        self.queue_position: int | None = None  # a remote worker's queue: 1 = next to run
+        self.queue_length: int | None = None
         self.loss: float | None = None
         self.preview_path: str | None = None
         self.preview_serial = 0  # bumps with every new preview, so the UI knows to reload
@@ -62,6 +66,13 @@ class Generation:
     @property
     def fraction(self) -> float:
         return self.step / self.steps if self.steps else 0.0
+
+    @property
+    def stage_text(self) -> str:
+        """The stage in the words the progress line shows, e.g. "Queued: 2nd of 3 on the remote worker"."""
+        if self.stage != "queued":
+            return self.stage.capitalize()
+        return f"Queued: {ordinal(self.queue_position)} of {self.queue_length} on the remote worker"
 
     # -- driving ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,6 +145,11 @@ class Generation:
             self.greeted = True
             self.stage = "waiting for the engine"
             return
+        if kind == "queued":  # a remote worker busy with other jobs (checked: 1 <= position <= length)
+            self.stage, self.queue_position, self.queue_length = "queued", msg["position"], msg["length"]
+            return
+        if kind in RUN_MESSAGES and self.stage == "queued":  # out of the queue: the run has begun
+            self.stage, self.queue_position, self.queue_length = "running", None, None
         if kind == "stage":
             self.stage = msg["name"]
         elif kind == "start":
@@ -203,3 +219,9 @@ class Generation:
         self.message = message
         self.stage = state
         self.client.stop_soon()  # never block the UI on a worker's exit
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ... 11th, 12th, 13th, ... 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

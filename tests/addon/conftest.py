@@ -72,7 +72,8 @@ ADDON_PYCACHE = Path("extensions", ".user", "user_default", "blender_sds", "cach
 
 @pytest.fixture
 def run_scenario(tmp_path, addon_zip, pycache):
-    """run_scenario(python, name, **args) -> the facts the driver printed."""
+    """run_scenario(python, name, **args) -> the facts the driver printed. With a `port` (a remote
+    scenario), `fingerprint` is the certificate fingerprint that the `serve` on that port printed."""
     def run(python, scenario, timeout=600, **args):
         user = tmp_path / "blender-user"
         work = tmp_path / "work"
@@ -82,6 +83,9 @@ def run_scenario(tmp_path, addon_zip, pycache):
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(pycache, target_is_directory=True)
+        if "port" in args and "fingerprint" not in args:  # a remote scenario: the certificate serve printed
+            from serve_client import FINGERPRINTS
+            args["fingerprint"] = FINGERPRINTS.get(args["port"], "")
         payload = {"scenario": scenario, "zip": str(addon_zip), "tmp": str(work), "repo": str(REPO),
                    "worker_python": WORKER_PYTHON, "overrides": TINY_OVERRIDES, "pycache": str(pycache), **args}
         env = dict(os.environ, BLENDER_USER_RESOURCES=str(user), PYTHONPYCACHEPREFIX=str(pycache))
@@ -100,7 +104,9 @@ def run_scenario(tmp_path, addon_zip, pycache):
 
 @pytest.fixture
 def server(tmp_path):
-    """A real `serve` on a free loopback port, in its own folder: (folder, port)."""
+    """A real `serve` (TLS, as it starts by default) on a free loopback port, in its own folder:
+    (folder, port). run_scenario passes the fingerprint it printed to the scenario as `fingerprint`,
+    which the scenario pins in the preferences, as an artist pastes it."""
     from serve_client import start_serve, stop_serve
     serve_tmp = tmp_path / "server"
     serve_tmp.mkdir()

@@ -96,7 +96,9 @@ def test_remote_worker_generates_refines_and_refuses_like_a_local_one(newest_ble
     assert ref["object"]["job_init"] == obj["checkpoint"] and ref["object"]["result_dir"] != obj["result_dir"]
 
     for case, words in {"wrong_token": ["wrong token", "Token"], "no_token": ["needs a token", "Token"],
-                        "no_server": ["could not connect", "127.0.0.1:9", "Address and Token"],
+                        "no_server": ["could not connect", "127.0.0.1:9", "Address, Token and Fingerprint"],
+                        "wrong_fingerprint": ["not the Fingerprint set", facts["fingerprint"]],
+                        "no_fingerprint": ["no Fingerprint is set", facts["fingerprint"]],
                         "bad_address": ["must be host:port", "Address"]}.items():
         got = facts[case]
         assert got["returned"] is None and got["scene_same"], (case, got)

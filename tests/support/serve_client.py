@@ -1,27 +1,44 @@
 """A bare protocol client and a `serve` subprocess for the remote-worker tests.
 
 Deliberately not the add-on's RemoteClient (that one is tested inside Blender): these
-tests speak the wire protocol by hand, so they can also send what no add-on would.
+tests speak the wire protocol by hand, so they can also send what no add-on would. The
+client speaks TLS as `serve` does by default, without checking the certificate (the tests
+that are about pinning use the add-on's client); `plain=True` for a `serve --plain`.
 """
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from blender_sds import protocol
-from blender_sds.engine.service.serve import SEND_SECONDS
+from blender_sds.engine.service.serve import FINGERPRINT_LINE, SEND_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789abcdef"
+FINGERPRINTS: dict[int, str] = {}  # port -> the fingerprint that serve printed at start
+
+
+def tls_context() -> ssl.SSLContext:
+    """A client context that takes any certificate (what a test without pinning needs)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    return context
 
 
 class Client:
-    def __init__(self, port: int, timeout: float = 60.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 60.0, *, plain: bool = False, host: str = "127.0.0.1",
+                 source: str | None = None):
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
+        self.sock = sock if plain else tls_context().wrap_socket(sock)
+        self.fingerprint = None if plain else protocol.certificate_fingerprint(self.sock.getpeercert(True))
         self.reader = protocol.MessageReader(self.sock.makefile("rb"))
         self.writer = protocol.MessageWriter(self.sock.makefile("wb"))
 
@@ -56,6 +73,10 @@ class Client:
                     for message in protocol.chunks(name, fh, "upload"):
                         self.send(message)
 
+    def hang_up(self) -> None:
+        """EOF to the server (a TCP half-close, under TLS too): its last words can still be read."""
+        socket.socket.shutdown(self.sock, socket.SHUT_WR)
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -78,9 +99,16 @@ def start_serve(tmp: Path, *args: str, token: str | None = TOKEN, env: dict | No
                 **(env or {})}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(tmp / "serve.log", "wb"), env=full_env,
                             cwd=tmp / "cwd", text=True)
+    fingerprint = None
     line = proc.stdout.readline()
+    if line.startswith(FINGERPRINT_LINE):
+        fingerprint = line[len(FINGERPRINT_LINE):].strip()
+        line = proc.stdout.readline()
     assert "listening on" in line, (line, (tmp / "serve.log").read_text())
     port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+    proc.fingerprint = fingerprint
+    if fingerprint:
+        FINGERPRINTS[port] = fingerprint
     return proc, port
 
 
@@ -115,14 +143,12 @@ def wait_for(predicate, seconds: float, poll: float = 0.2):
 
 
 def takes_new_jobs(port: int) -> bool:
-    """Whether the server is free: a new (bad) job gets its validation answer, not 'busy'."""
+    """Whether the server is free: its hello says no job is running or waiting."""
     probe = Client(port)
-    probe.hello()
-    probe.send(protocol.run({"version": 99}, "", ""))
-    reply = probe.until(("error",))
+    hello = probe.hello()
     probe.close()
-    PROBE_REPLIES.append(reply.get("message", reply))
-    return reply.get("key") == "version"
+    PROBE_REPLIES.append(hello)
+    return hello.get("queue") == {"running": 0, "waiting": 0}
 
 
 PROBE_REPLIES: list = []  # what takes_new_jobs heard, for a failure's message

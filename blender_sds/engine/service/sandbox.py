@@ -11,9 +11,10 @@ makes every folder itself, under the root it was started with:
 and sends results back as data (`file` messages). Uploads are data files only (no code,
 no pickle: a checkpoint is read with weights_only, a model must be safetensors, a start
 mesh an .npz read with allow_pickle=False, never a format a parser library reads), within
-a size budget per job. One job runs at a time in the whole server (`JobSlot`); a second
-client hears "busy". Both message fields that could carry a path, `out` and `base_dir`,
-must be empty.
+a size budget per job. One job runs at a time in the whole server; the others wait in the
+server's queue (job_queue.py). Both message fields that could carry a path, `out` and
+`base_dir`, must be empty; the paths in what the worker says back are the client's names
+(`public`), never the server's folders.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ import os
 import re
 import secrets
 import shutil
-import threading
 import time
 from pathlib import Path
 
 from ... import protocol
 from ...job import HUB_ID, JobError, validate_job
 from ...results import RESULT_FILES
+from .job_queue import JobQueue, Ticket
+from .tokens import as_tokens
 from .worker import Refused
 
 UPLOAD_SUFFIXES = protocol.UPLOAD_SUFFIXES
@@ -36,77 +38,72 @@ _JOB_FOLDER = re.compile(r"\d{8}-\d{12}-[0-9a-f]{8}")
 _LIBRARIES = ("diffusers", "transformers")
 
 
-class JobSlot:
-    """The server's one job at a time, shared by all its connections."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.since: float | None = None
-
-    def claim(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            started = time.strftime("%H:%M:%S", time.localtime(self.since)) if self.since else "earlier"
-            raise Refused(f"busy: this remote worker is running another job (started {started}); "
-                          "try again when it has finished", "busy")
-        self.since = time.time()
-
-    def release(self) -> None:
-        self.since = None
-        self._lock.release()
-
-    @property
-    def busy(self) -> bool:
-        return self._lock.locked()
-
-
 class SandboxWorkspace:
-    """One connection's view of the server's root: its uploads, its job folders."""
+    """One connection's view of the server's root: its uploads, its job folders, its place
+    in the server's queue (shared by all connections)."""
 
     greets_first = False  # nothing is said to a peer before it has shown the token
 
-    def __init__(self, root: Path, slot: JobSlot, token: str | None, *, max_upload_bytes: int,
+    def __init__(self, root: Path, queue: JobQueue, tokens, *, max_upload_bytes: int,
                  keep_jobs: int = 20, reader: protocol.MessageReader | None = None, on_admit=None):
         self.root = Path(root).resolve()
         self.jobs = self.root / "jobs"
-        self.slot = slot
-        self.token = token
+        self.queue = queue
+        self.tokens = as_tokens(tokens)
+        self.owner: str | None = None  # which token the peer showed: its share of the queue
         self.max_upload_bytes = max_upload_bytes
         self.keep_jobs = keep_jobs
         self.reader = reader  # its line limit is raised once the peer is admitted
         self.on_admit = on_admit  # the transport lifts its hello deadline
         self.folder: Path | None = None  # where the next job's uploads go
         self.uploaded = 0
-        self._claimed = False
+        self.job_folder: Path | None = None  # the folder of the job sent last (waiting or running)
+        self.ticket: Ticket | None = None
+        self._server_paths = _ServerPaths(self.root)
 
     # -- who may talk ------------------------------------------------------------------------
     def hello_extra(self) -> dict:
-        return {"remote": True}
+        return {"remote": True, "queue": self.queue.summary()}
 
     def admit(self, hello: dict) -> None:
-        if self.token is not None:
-            given = hello.get("token")
-            if not isinstance(given, str) or not given:
-                raise Refused("this remote worker needs a token: set Token in the add-on preferences to the "
-                              "worker's secret", "unauthorized", kind="failed")
-            import hmac
-            if not hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode("utf-8")):
-                raise Refused("wrong token: the remote worker refused the connection; check Token in the add-on "
-                              "preferences", "unauthorized", kind="failed")
+        self.owner = self.tokens.admit(hello)
         if self.reader is not None:
             self.reader.max_bytes = protocol.MAX_LINE_BYTES
         if self.on_admit is not None:
             self.on_admit()
 
-    # -- one job at a time -------------------------------------------------------------------
+    # -- the queue ---------------------------------------------------------------------------
     def claim(self) -> None:
-        self.slot.claim()
-        self._claimed = True
+        """Join the queue with the job `prepare` made (Refused when the queue is full)."""
+        self.ticket = self.queue.enter(self.owner or "everyone", self.job_folder)
+
+    def wait_turn(self, on_place, should_stop) -> bool:
+        return self.queue.wait_turn(self.ticket, should_stop, on_place)
 
     def release(self) -> None:
-        if self._claimed:
-            self._claimed = False
-            self.slot.release()
-            self.prune()
+        """The job ended or never joined: leave the queue, free its folder for pruning."""
+        if self.ticket is not None:
+            self.queue.leave(self.ticket)
+            self.ticket = None
+        if self.job_folder is not None:
+            self.queue.let_go(self.job_folder)
+            self.job_folder = None
+        self.prune()
+
+    def close(self) -> None:
+        """The conversation is over: uploads for a job never sent may be pruned."""
+        if self.folder is not None:
+            self.queue.let_go(self.folder)
+            self.folder = None
+
+    # -- what the client may read ------------------------------------------------------------
+    def public(self, message: dict) -> dict:
+        """`message` as a remote client sees it: the server's paths in its words become the
+        client's names (an upload's name, a result's file name); no traceback, no interpreter."""
+        if message.get("type") == "file":
+            return message
+        message = {k: v for k, v in message.items() if k not in ("traceback", "python")}
+        return self._server_paths.scrub(message)
 
     # -- uploads -----------------------------------------------------------------------------
     def _job_folder(self) -> Path:
@@ -118,6 +115,7 @@ class SandboxWorkspace:
             folder = self.jobs / name
             (folder / "inputs").mkdir(parents=True, mode=0o700)
             (folder / "out").mkdir(mode=0o700)
+            self.queue.hold(folder)
             self.folder, self.uploaded = folder, 0
         return self.folder
 
@@ -166,7 +164,7 @@ class SandboxWorkspace:
                 real = Path(path).resolve()
                 if os.path.commonpath([real, inputs.resolve()]) != str(inputs.resolve()):
                     raise Refused(f"{key}: {path!r} is outside the job's folder", "path", key=key)
-        self.folder = None  # the next job's uploads go to a new folder
+        self.folder, self.job_folder = None, folder  # the next job's uploads go to a new folder
         return job, str(folder / "out")
 
     def relay(self, event: dict, send) -> None:
@@ -202,9 +200,38 @@ class SandboxWorkspace:
         if self.keep_jobs <= 0 or not self.jobs.is_dir():
             return
         ours = sorted(p for p in self.jobs.iterdir() if p.is_dir() and _JOB_FOLDER.fullmatch(p.name))
+        in_use = self.queue.in_use()  # uploads arriving, jobs waiting or running, on any connection
         for old in ours[:-self.keep_jobs]:
-            if old != self.folder:
+            if old not in in_use:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+class _ServerPaths:
+    """Turns the server's paths in a message's words into what the client knows: a job's
+    inputs/ and out/ folders fall away (leaving the upload's or result's own name), anything
+    else under the root or the server's home is not named. Job folders are found by their
+    names, so a path the engine shortened to '...its/tail' is caught too."""
+
+    def __init__(self, root: Path):
+        job = r"[^\s'\"]*?" + _JOB_FOLDER.pattern
+        self.patterns = [(re.compile(job + "/(?:inputs|out)/"), ""),
+                         (re.compile(r"\.\.\.[0-9a-f-]*/(?:inputs|out)/"), ""),  # cut inside the folder's name
+                         (re.compile(job + "(?:/(?:inputs|out))?"), "the job's folder"),
+                         (re.compile(re.escape(str(root)) + r"[^\s'\",;)]*"), "the server's folder")]
+        home = os.path.expanduser("~")
+        if home and home not in ("/", "~"):
+            self.patterns.append((re.compile(re.escape(home) + r"(?=/|\b)"), "~"))
+
+    def scrub(self, value):
+        if isinstance(value, str):
+            for pattern, replacement in self.patterns:
+                value = pattern.sub(replacement, value)
+            return value
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub(v) for v in value]
+        return value
 
 
 # -- what a remote job may name ------------------------------------------------------------------

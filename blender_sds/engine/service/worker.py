@@ -5,8 +5,8 @@ Python that has torch, sends `hello` then `run`, reads events, may send `cancel`
 closes stdin to make it exit. The run happens on a thread so `cancel` and EOF are read
 while the engine works; every write goes through one locked writer. A malformed line is
 answered with an error and the conversation goes on; only a bad hello or a line over the
-limit ends it. `serve` (serve.py) runs the same Worker over TCP with a stricter
-workspace (sandbox.py).
+limit ends it. `serve` (serve.py) runs the same Worker over TLS with a stricter
+workspace (sandbox.py), whose jobs wait their turn in the server's queue (job_queue.py).
 
 Protocol bytes own the real stdout: at start the worker moves fd 1 aside and points it
 at stderr, so a stray print or a C library's chatter (tqdm, warnings) cannot corrupt the
@@ -56,8 +56,17 @@ class LocalWorkspace:
     def claim(self) -> None:
         pass
 
+    def wait_turn(self, on_place, should_stop) -> bool:
+        return True  # no queue: this worker serves one add-on
+
     def release(self) -> None:
         pass
+
+    def close(self) -> None:
+        pass
+
+    def public(self, message: dict) -> dict:
+        return message  # the add-on on this machine may read this machine's paths
 
     def prepare(self, message: dict) -> tuple[dict, str]:
         return validate_job(message["job"], message["base_dir"]), message["out"]
@@ -88,7 +97,7 @@ class Worker:
 
     def send(self, message: dict) -> None:
         try:
-            self.writer.write(message)
+            self.writer.write(self.workspace.public(message))
         except protocol.ProtocolError as exc:  # over the line limit: say so instead
             traceback.print_exc()
             self.send(protocol.error(f"could not send a '{message.get('type')}' message: {exc}", "failed",
@@ -102,13 +111,15 @@ class Worker:
         return self.run_thread is not None and self.run_thread.is_alive()
 
     # -- the conversation -------------------------------------------------------------------
-    def serve(self) -> int:
+    def serve(self, first: dict | None = None) -> int:
         """Talk until the add-on hangs up (0), or the conversation cannot go on (2: a bad
-        hello, a refused peer, a line over the limit; 1: the connection broke)."""
+        hello, a refused peer, a line over the limit; 1: the connection broke). `first`: the
+        peer's hello when the transport has read it already (serve.py's admission gate)."""
         if self.workspace.greets_first:
             self._greet()
         try:
-            first = self.reader.read()
+            if first is None:
+                first = self.reader.read()
             if first is None:
                 return 0
             protocol.check_hello(first, "addon")
@@ -147,6 +158,7 @@ class Worker:
             if self.run_thread is not None:
                 self.run_thread.join(EOF_JOIN_SECONDS)
             self.closing.set()
+            self.workspace.close()
         return 0
 
     def _greet(self) -> None:
@@ -186,24 +198,22 @@ class Worker:
                                      f"{type(device).__name__}", "bad_input", "bad_message", key="device"))
             return
         try:
-            self.workspace.claim()
-        except Refused as exc:
-            self.send(exc.as_message())
-            return
-        try:
             job, out = self.workspace.prepare(message)
         except JobError as exc:
-            self.workspace.release()
             self.send(protocol.error(str(exc), "bad_input", "job", exc.key))
             return
         except Refused as exc:
-            self.workspace.release()
             self.send(exc.as_message())
             return
         except Exception as exc:  # a validator bug must not take the conversation down
-            self.workspace.release()
             traceback.print_exc()
             self.send(protocol.error(f"could not read the job: {type(exc).__name__}: {exc}", "failed", "validator"))
+            return
+        try:
+            self.workspace.claim()  # a remote worker's queue: a sound job waits its turn, or is refused here
+        except Refused as exc:
+            self.workspace.release()
+            self.send(exc.as_message())
             return
         self.stop.clear()
         self.run_ended.clear()
@@ -213,9 +223,16 @@ class Worker:
 
     def _run(self, job: dict, out: str, device: str | None) -> None:
         try:
+            if not self.workspace.wait_turn(self._tell_place, self.stop.is_set) or self.stop.is_set():
+                self._last_word(protocol.error("cancelled while waiting in the remote worker's queue (it never "
+                                               "started)", "cancelled", "cancelled"))
+                return
             self._run_engine(job, out, device)
         finally:
             self.workspace.release()
+
+    def _tell_place(self, position: int, length: int) -> None:
+        self.send(protocol.queued(position, length))
 
     def _last_word(self, message: dict) -> None:
         """Send the run's final message, marking the run as ending first (a reply may come at once)."""

@@ -504,6 +504,7 @@ def run_e2e(args):
     # The rest on a `serve`: the start mesh travels as an upload
     prefs.worker_mode = "REMOTE"
     prefs.remote_address, prefs.remote_token = f"127.0.0.1:{args['port']}", args["token"]
+    prefs.remote_fingerprint = args["fingerprint"]  # as serve printed it
     bpy.ops.ed.undo_push(message="generated")
 
     # 1. 1.6x its height in Edit Mode, then Refine (Auto): the proportions of the edit are kept

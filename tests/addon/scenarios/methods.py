@@ -53,6 +53,7 @@ def run(args):
         prefs.worker_mode = "REMOTE"
         prefs.remote_address = f"127.0.0.1:{args['port']}"
         prefs.remote_token = args["token"]
+        prefs.remote_fingerprint = args["fingerprint"]  # as serve printed it
         jobs = os.path.join(args["server_root"], "jobs")  # the server's own folder per job
     s = scene.sds
     rna = s.bl_rna.properties["method"]

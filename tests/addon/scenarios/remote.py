@@ -10,14 +10,17 @@ from .common import addon_module, call, object_facts, setup_run, snapshot
 
 
 def run(args):
-    """REMOTE mode against a real `serve` the test started: generate, refine, a wrong token,
-    no server, and another file loaded mid-run."""
+    """REMOTE mode against a real `serve` the test started (TLS, its fingerprint pinned as an
+    artist pastes it): generate, refine, a wrong token, a wrong or missing fingerprint, no
+    server, and another file loaded mid-run."""
     prefs, scene = setup_run(args)
     runner = addon_module("runner")
     job_builder = addon_module("job_builder")
     prefs.worker_mode = "REMOTE"
     prefs.remote_address = f"127.0.0.1:{args['port']}"
     prefs.remote_token = args["token"]
+    prefs.remote_tls = True
+    prefs.remote_fingerprint = args["fingerprint"]
     prefs.worker_python = "/nonexistent/python"  # proves the local worker is never used
     out = {"cache": addon_module("paths").cache_dir(prefs)}
 
@@ -48,6 +51,9 @@ def run(args):
 
     refused("wrong_token", remote_token="not-the-token-at-all")
     refused("no_token", remote_token="")
+    refused("wrong_fingerprint", remote_fingerprint=":".join(["AB"] * 32))
+    refused("no_fingerprint", remote_fingerprint="")
+    out["fingerprint"] = args["fingerprint"]
     refused("no_server", remote_address="127.0.0.1:9")
     refused("bad_address", remote_address="gpu-box")
 

@@ -1,6 +1,8 @@
-"""The remote worker as a real `serve` subprocess: who it lets in, what it refuses, and a
-real job on a tiny model whose results come back as data while a second client hears
-"busy"; a client that vanishes mid-run frees the worker."""
+"""The remote worker as a real `serve` subprocess (TLS, as it starts by default): who it lets
+in, what it refuses, and a real job on a tiny model whose results come back as data while a
+second client's job waits in the queue and then runs; a client that vanishes mid-run frees
+the worker. (TLS itself: test_serve_tls.py; the queue: test_serve_queue.py; the gate before
+the token: test_serve_admission.py.)"""
 from __future__ import annotations
 
 import io
@@ -46,6 +48,39 @@ def test_a_public_address_without_a_token_is_refused_at_start(tmp_path):
     assert "--token-file" in proc.stderr and not (tmp_path / "root").exists()
 
 
+def test_plain_tcp_is_refused_on_a_public_address_even_with_a_token(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    proc = serve_cli("--host", "0.0.0.0", "--port", "0", "--plain", "--token-file", str(token),
+                     "--root", str(tmp_path / "root"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: --plain: refused on --host 0.0.0.0, which is not a loopback address")
+    assert "in clear" in proc.stderr and not (tmp_path / "root").exists()
+
+
+def test_plain_tcp_on_loopback_speaks_the_protocol_without_tls(tmp_path):
+    proc, port = start_serve(tmp_path, "--plain")
+    try:
+        assert proc.fingerprint is None and not (tmp_path / "root" / "tls").exists()
+        client = Client(port, plain=True)
+        assert client.hello()["type"] == "hello"
+    finally:
+        stop_serve(proc)
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--max-queue", "-1", "--max-queue: must be at least 0, got -1"),
+    ("--max-queue-per-token", "0", "--max-queue-per-token: must be at least 1, got 0"),
+    ("--max-clients", "0", "--max-clients: must be at least 1"),
+    ("--max-unauthenticated-per-address", "0", "--max-unauthenticated-per-address: must be at least 1"),
+    ("--hello-seconds", "0", "--hello-seconds: must be between 0.1 and 600, got 0"),
+])
+def test_bounds_that_make_no_sense_are_refused_by_name(tmp_path, flag, value, words):
+    proc = serve_cli("--port", "0", flag, value, "--root", str(tmp_path / "root"))
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+
+
 def test_the_token_never_comes_from_the_command_line(tmp_path):
     proc = serve_cli("--port", "0", "--token", "a-secret-on-the-command-line")
     assert proc.returncode == 2 and "unrecognised arguments: --token" in proc.stderr
@@ -54,6 +89,9 @@ def test_the_token_never_comes_from_the_command_line(tmp_path):
 @pytest.mark.parametrize("mode, text, words", [
     (0o644, "x" * 32, "can be read by other users: chmod 600"),
     (0o600, "short", "the token is 5 characters; use at least 16"),
+    (0o600, "x" * 20 + "\n# the team\nshort\n", "line 3: the token is 5 characters"),
+    (0o600, "x" * 20 + "\n" + "x" * 20 + "\n", "line 2: the same token as line 1; give each artist their own"),
+    (0o600, "# nobody yet\n\n", "holds no token"),
 ])
 def test_token_files_that_are_unsafe_are_refused(tmp_path, mode, text, words):
     token = tmp_path / "token"
@@ -69,6 +107,17 @@ def test_the_token_may_come_from_the_environment(tmp_path):
         client = Client(port)
         assert client.hello("e" * 20)["type"] == "hello"
         assert Client(port).hello("f" * 20)["code"] == "unauthorized"
+    finally:
+        stop_serve(proc)
+
+
+def test_a_token_file_may_hold_one_token_per_artist(tmp_path):
+    other = "second-artists-token-0123456789"
+    proc, port = start_serve(tmp_path, token=f"# the team\n{TOKEN}\n\n{other}")
+    try:
+        assert Client(port).hello(TOKEN)["type"] == "hello"
+        assert Client(port).hello(other)["type"] == "hello"
+        assert Client(port).hello("third-token-never-given-0123")["code"] == "unauthorized"
     finally:
         stop_serve(proc)
 
@@ -97,18 +146,26 @@ def test_the_right_token_gets_a_hello_and_answers_pings(server):
     assert client.next() == {"type": "pong", "id": "abc"}
 
 
-def test_a_silent_peer_is_dropped_before_it_shows_a_token(tmp_path, monkeypatch):
-    from blender_sds.engine.service import serve
-    monkeypatch.setattr(serve, "HELLO_SECONDS", 0.5)
-    srv = serve.Server("127.0.0.1", 0, TOKEN, tmp_path / "root", max_upload_bytes=2**20)
+def test_a_silent_peer_is_dropped_before_it_shows_a_token(tmp_path):
+    """Within the gate's deadline, whether it stalls inside the TLS handshake or after it,
+    and without a word."""
     import threading
+
+    from blender_sds.engine.service import serve
+    from blender_sds.engine.service.admission import GateLimits
+    srv = serve.Server("127.0.0.1", 0, TOKEN, tmp_path / "root", max_upload_bytes=2**20,
+                       gate=GateLimits(seconds=0.5))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        sock = socket.create_connection(srv.address, timeout=10)
-        sock.sendall(b"{")  # trickling, never finishing a hello
+        mid_handshake = socket.create_connection(srv.address, timeout=10)
+        mid_handshake.sendall(b"\x16\x03\x01")  # the start of a TLS record, never finished
+        after_handshake = Client(srv.address[1], timeout=10)
+        after_handshake.sock.sendall(b"{")  # trickling, never finishing a hello
         start = time.monotonic()
-        assert sock.recv(100) == b""  # hung up on
+        assert mid_handshake.recv(100) == b""  # hung up on, nothing said
+        assert after_handshake.sock.recv(100) == b""
         assert time.monotonic() - start < 5
+        assert srv.gate.counts["expired"] == 2, srv.gate.counts
     finally:
         srv.close()
 
@@ -197,7 +254,7 @@ def _job(steps: int) -> dict:
             "guidance": {"kind": "stable-diffusion", "model": "model"}, **TINY}
 
 
-def test_a_remote_job_sends_results_back_as_data_and_a_second_client_hears_busy(server, tiny_sd):
+def test_a_remote_job_sends_results_back_as_data_and_a_second_client_waits_its_turn(server, tiny_sd):
     tmp, proc, port = server
     client = Client(port)
     client.hello()
@@ -207,10 +264,10 @@ def test_a_remote_job_sends_results_back_as_data_and_a_second_client_hears_busy(
     client.until(("start",), seen)
 
     other = Client(port)  # a second add-on while the first job runs
-    other.hello()
-    other.send(protocol.run(_job(steps=1), "", ""))
-    busy = other.until(("error",))
-    assert busy["code"] == "busy" and "running another job" in busy["message"]
+    assert other.hello()["queue"] == {"running": 1, "waiting": 0}
+    other.upload_folder(tiny_sd, "model")
+    other.send(protocol.run(_job(steps=1), "", "", device="cpu"))
+    assert other.until(("queued", "error")) == {"type": "queued", "position": 1, "length": 1}
 
     done = client.until(("done",), seen)
     assert done["out"] == ""  # no server path is handed out
@@ -235,9 +292,11 @@ def test_a_remote_job_sends_results_back_as_data_and_a_second_client_hears_busy(
     assert any((j / "out" / "mesh.npz").is_file() and (j / "inputs" / "model" / "model_index.json").is_file()
                for j in jobs)
     assert files_outside(tmp) == []
-    # The slot is free again: the other client's next run is judged on its merits, not busy.
-    other.send(protocol.run({"version": 99}, "", ""))
-    assert other.until(("error",))["key"] == "version"
+    # The second job runs once the first is done, to a result of its own.
+    second = []
+    assert other.until(("done", "error"), second)["type"] == "done", second[-3:]
+    assert any(m["type"] == "file" and m["name"] == "mesh.npz" for m in second)
+    assert takes_new_jobs(port)
 
 
 def test_a_client_that_vanishes_mid_run_frees_the_worker(server, tiny_sd):
@@ -284,6 +343,9 @@ def test_uploaded_checkpoints_are_never_unpickled_as_code(server, tiny_sd, tmp_p
         refused = client.until(("error",))
         assert refused["kind"] == "bad_input", (what, refused)
         assert refused["message"].startswith("init.checkpoint:") and "not a readable" in refused["message"], refused
+        # named by the upload's own name (which the add-on maps back to its file), never the server's folders
+        assert "init/checkpoint.pt" in refused["message"] and "/jobs/" not in refused["message"], refused
+        assert str(tmp) not in refused["message"] and str(tmp.resolve()) not in refused["message"], refused
     assert not canary.exists()
     assert proc.poll() is None
 

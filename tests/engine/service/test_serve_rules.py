@@ -1,6 +1,7 @@
 """The remote worker's rules in this process (fast): framing that cannot be made to read
-an endless line or send an unencodable one, file names that cannot leave a folder, and the
-sandbox's refusals of uploads and jobs that could smuggle code, pickle or paths in."""
+an endless line or send an unencodable one, file names that cannot leave a folder, the
+sandbox's refusals of uploads and jobs that could smuggle code, pickle or paths in, and the
+server's paths kept out of what it says back."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,8 @@ import math
 import pytest
 
 from blender_sds import protocol
-from blender_sds.engine.service.sandbox import JobSlot, SandboxWorkspace
+from blender_sds.engine.service.job_queue import JobQueue
+from blender_sds.engine.service.sandbox import SandboxWorkspace
 from blender_sds.engine.service.worker import Refused
 from blender_sds.job import JobError
 
@@ -86,7 +88,7 @@ def test_chunks_carry_a_file_in_order_and_back():
 
 @pytest.fixture
 def sandbox(tmp_path):
-    return SandboxWorkspace(tmp_path / "root", JobSlot(), None, max_upload_bytes=1000, keep_jobs=2)
+    return SandboxWorkspace(tmp_path / "root", JobQueue(), None, max_upload_bytes=1000, keep_jobs=2)
 
 
 def upload(ws, name, data: bytes, offset=0):
@@ -169,18 +171,33 @@ def test_a_job_naming_a_file_that_was_not_uploaded_names_the_key(sandbox):
         sandbox.prepare(run_message(sd_job("org/model", init={"checkpoint": "c.pt"})))
 
 
-def test_one_job_at_a_time_across_connections(tmp_path):
-    slot = JobSlot()
-    a = SandboxWorkspace(tmp_path, slot, None, max_upload_bytes=10)
-    b = SandboxWorkspace(tmp_path, slot, None, max_upload_bytes=10)
+def test_one_job_at_a_time_across_connections_the_next_one_waits(tmp_path):
+    queue = JobQueue(max_waiting=1)
+    a, b, c = (SandboxWorkspace(tmp_path, queue, None, max_upload_bytes=10) for _ in range(3))
     a.claim()
-    with pytest.raises(Refused, match="busy: this remote worker is running another job") as exc:
-        b.claim()
-    assert exc.value.code == "busy"
-    a.release()
     b.claim()
+    assert (a.ticket.state, b.ticket.state) == ("running", "waiting") and queue.place(b.ticket) == (1, 1)
+    with pytest.raises(Refused, match=r"queue full: 1 jobs are waiting .*--max-queue 1") as exc:
+        c.claim()
+    assert exc.value.code == "queue_full"
+    a.release()
+    assert b.ticket.state == "running"  # its turn came when a's job ended, whatever b's thread was doing
     b.release()
-    assert not slot.busy
+    assert queue.idle
+
+
+def test_what_the_server_says_names_the_clients_files_never_its_own_folders(sandbox, tmp_path):
+    upload(sandbox, "init/checkpoint.pt", b"x")
+    job, out = sandbox.prepare(run_message(sd_job("org/model", init={"checkpoint": "init/checkpoint.pt"})))
+    said = sandbox.public(protocol.error(f"init.checkpoint: {job['init']['checkpoint']} is not a readable checkpoint; "
+                                         f"the disk holding {out} is full (writing {out}/status.json)", "bad_input",
+                                         "job", traceback=f'File "{out}/x.py"', python="/opt/python3"))
+    assert said["message"] == ("init.checkpoint: init/checkpoint.pt is not a readable checkpoint; the disk holding "
+                               "the job's folder is full (writing status.json)")
+    assert "traceback" not in said and "python" not in said
+    assert str(tmp_path) not in json.dumps(sandbox.public({"type": "stage", "name": f"in {tmp_path}/root/x"}))
+    chunk = {"type": "file", "name": "log.jsonl", "offset": 0, "size": 3, "data": "abc="}
+    assert sandbox.public(chunk) is chunk  # data passes untouched
 
 
 def test_old_job_folders_are_pruned_and_only_ours(sandbox, tmp_path):
@@ -190,8 +207,18 @@ def test_old_job_folders_are_pruned_and_only_ours(sandbox, tmp_path):
     for i in range(4):
         upload(sandbox, "a.png", b"x")
         made.append(sandbox.folder)
-        sandbox.folder = None
+        sandbox.close()  # its connection ended
         sandbox.claim()
         sandbox.release()  # a finished job prunes
     left = sorted(p.name for p in (tmp_path / "root" / "jobs").iterdir())
     assert left == sorted([m.name for m in made[-2:]] + ["not-ours"])
+    # A folder in use (uploads arriving, a job waiting) is never pruned, however old.
+    upload(sandbox, "a.png", b"x")
+    busy = sandbox.folder
+    for i in range(3):
+        other = SandboxWorkspace(tmp_path / "root", sandbox.queue, None, max_upload_bytes=1000, keep_jobs=2)
+        upload(other, "a.png", b"x")
+        other.close()
+        other.claim()
+        other.release()
+    assert busy.is_dir() and len(list((tmp_path / "root" / "jobs").iterdir())) == 4
