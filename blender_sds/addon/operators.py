@@ -13,7 +13,7 @@ import os
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from . import importer, job_builder, preferences, runner, start_mesh, worker_env
+from . import batch_import, importer, job_builder, preferences, runner, start_mesh, worker_env
 from .errors import ArtistError
 from ..results import LOG_FILE, read_status
 
@@ -155,7 +155,7 @@ class SDS_OT_export_job(_Reporting, bpy.types.Operator):
 
 
 class SDS_OT_import_result(_Reporting, bpy.types.Operator):
-    """Bring a finished result folder (mesh.npz, job.json, checkpoint.pt) into the scene as a new object"""
+    """Bring a finished result folder (mesh.npz, job.json, checkpoint.pt) into the scene as a new object; a batch folder brings every finished result, in a grid"""
     bl_idname = "sds.import_result"
     bl_label = "Import Result"
     bl_options = {"REGISTER", "UNDO"}
@@ -166,6 +166,11 @@ class SDS_OT_import_result(_Reporting, bpy.types.Operator):
         def work():
             if not self.directory:
                 raise ArtistError("Import Result needs a folder (directory=...)")
+            directory = os.path.abspath(bpy.path.abspath(self.directory))
+            if batch_import.is_batch(directory):
+                done = batch_import.import_batch(context.scene, context.view_layer, directory)
+                self.report({"WARNING"} if done.skipped or done.note else {"INFO"}, done.report())
+                return {"FINISHED"}
             found = read_status(self.directory)  # a mesh.npz beside a killed or failed run is no result
             if found["state"] not in ("complete", "none"):
                 why = f": {found['message']}" if found.get("message") else ""

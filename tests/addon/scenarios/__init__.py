@@ -7,4 +7,5 @@ the facts. Shared Blender-side helpers are in common.py."""
 SCENARIOS = {"install": "install", "rig": "rig", "errors": "errors", "e2e": "e2e", "lifecycle": "lifecycle",
              "faults": "faults", "remote": "remote", "pocket": "pocket",
              "methods": "methods", "import_checks": "import_checks",
-             "artist_mesh": "artist_mesh", "artist_mesh_e2e": "artist_mesh"}
+             "artist_mesh": "artist_mesh", "artist_mesh_e2e": "artist_mesh",
+             "batch_import": "batch_import", "remote_prefs": "batch_import"}
