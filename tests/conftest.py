@@ -2,10 +2,17 @@
 under CI (`CI=true`) no silent skips: a skip there hides a missing part (a Blender-side venv,
 Blender's validator, a package), so it is reported as a failure with its reason. Only tests
 that need hardware CI does not have (CUDA) may still skip."""
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh runs one pytest process per core: OpenMP threads in each, and in the
+    # engine processes the tests start, would only spin against the other's.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
@@ -25,6 +32,22 @@ def pytest_runtest_makereport(item, call):
     report.longrepr = (f"CI=true and this test was skipped, which would hide a missing part: {reason}\n"
                        "(tests skip only outside CI; set the part up, e.g. `bash scripts/setup.sh` and "
                        "`bash scripts/bpy_envs.sh`)")
+
+
+# The modules that take minutes each on a 2-core CPU (pytest prints the slowest): they go first,
+# so the parallel run of scripts/test.sh (xdist, a module per worker at a time) does not end
+# with one of them running alone while the other worker idles.
+SLOW_FIRST = ("engine/train/test_pocket_job.py", "engine/batch/test_batch_ray.py",
+              "engine/scene/test_reconstruction.py", "addon/test_addon_artist_mesh.py",
+              "scripts/test_gpu_check.py", "addon/test_addon_e2e.py", "addon/test_addon_faults.py",
+              "engine/service/test_serve_admission.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        return next((i for i, slow in enumerate(SLOW_FIRST) if path.endswith(slow)), len(SLOW_FIRST))
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

@@ -14,40 +14,17 @@ and a start mesh the engine refuses is named by the client's file, not the serve
 """
 import json
 import os
-import types
 
 import bmesh
 import bpy
 import numpy as np
 from mathutils import Matrix
 
-from .common import ADDON, addon_module, call, changes, empty_scene, install, object_facts, snapshot
-
-
-class _Layout:
-    """Stands in for a panel's UILayout: records the properties drawn and the labels' texts."""
-
-    def __init__(self, drawn):
-        self.drawn = drawn
-
-    def prop(self, data, name, **kwargs):
-        self.drawn.append(name)
-
-    def label(self, text="", **kwargs):
-        self.drawn.append("label:" + text)
-
-    def __getattr__(self, name):  # row(), box(), operator(), ...: a layout again
-        return lambda *args, **kwargs: self
-
-
-def panel(context):
-    drawn = []
-    addon_module("panel").SDS_PT_main.draw(types.SimpleNamespace(layout=_Layout(drawn)), context)
-    return drawn
+from .common import ADDON, addon_module, call, changes, empty_scene, install, object_facts, panel_drawn, snapshot
 
 
 def panel_labels(context):
-    return [d[len("label:"):] for d in panel(context) if d.startswith("label:")]
+    return [d[len("label:"):] for d in panel_drawn(context) if d.startswith("label:")]
 
 
 # -- scenes --------------------------------------------------------------------------------------
@@ -181,7 +158,7 @@ def start_from_case(args, prefs):
     ob = blockout(scene)
     props = scene.sds.bl_rna.properties["start_from"]
     out = {"default": props.default, "items": [i.identifier for i in props.enum_items],
-           "panel": panel(bpy.context)}
+           "panel": panel_drawn(bpy.context)}
     before = mesh_state(ob)
     path, job, err = _export(args, "start_from")
     out["message"] = err
@@ -269,7 +246,7 @@ def error_cases(args):
 def budget_case(args):
     scene = _scene()
     scene.sds.start_from = "BLOB"
-    out = {"defaults": [scene.sds.face_budget, scene.sds.smoothing], "panel": panel(bpy.context)}
+    out = {"defaults": [scene.sds.face_budget, scene.sds.smoothing], "panel": panel_drawn(bpy.context)}
     _path, job, err = _export(args, "budget_default")
     out["default_job"] = job and job["mesh"]
     scene.sds.face_budget, scene.sds.smoothing = 5000, 3

@@ -10,31 +10,11 @@ panel's progress line and the console lines.
 import importlib
 import os
 import tempfile
-import types
 
 import bpy
 import numpy as np
 
-from .common import ADDON, addon_module, call, changes, empty_scene, install, snapshot
-
-
-class _Layout:
-    """Stands in for UILayout: records the properties drawn, the labels and the progress bar's text."""
-
-    def __init__(self, drawn):
-        self.drawn = drawn
-
-    def prop(self, data, name, **kwargs):
-        self.drawn.append(name)
-
-    def label(self, text="", **kwargs):
-        self.drawn.append("label:" + text)
-
-    def progress(self, text="", **kwargs):
-        self.drawn.append("progress:" + text)
-
-    def __getattr__(self, name):  # row(), box(), operator(), ...: a layout again
-        return lambda *args, **kwargs: self
+from .common import ADDON, LayoutRecorder, addon_module, call, changes, empty_scene, install, panel_drawn, snapshot
 
 
 def reported(op, **kwargs):
@@ -110,7 +90,7 @@ def remote_prefs(args):
         """The preferences as their draw() sees them, with a recording layout."""
 
         def __init__(self):
-            self.layout = _Layout([])
+            self.layout = LayoutRecorder([])
 
         def __getattr__(self, name):
             return getattr(prefs, name)
@@ -161,8 +141,7 @@ def remote_prefs(args):
             generation.pump()
             runner.sync_scene(generation, scene)
             progress(generation)
-            drawn = []
-            addon_module("panel").SDS_PT_main.draw(types.SimpleNamespace(layout=_Layout(drawn)), bpy.context)
+            drawn = panel_drawn(bpy.context)
             seen[name] = {"status": scene.sds.status, "state": generation.state, "finished": generation.finished,
                           "progress_line": [x[len("progress:"):] for x in drawn if x.startswith("progress:")]}
     finally:

@@ -126,3 +126,31 @@ def changes(before):
         if gained or lost:
             out[kind] = {"gained": gained, "lost": lost}
     return out
+
+
+class LayoutRecorder:
+    """Stands in for a UILayout: records the properties drawn, the labels ("label:TEXT") and the
+    progress bar's text ("progress:TEXT"); row(), box(), operator(), ... give a layout again."""
+
+    def __init__(self, drawn):
+        self.drawn = drawn
+
+    def prop(self, data, name, **kwargs):
+        self.drawn.append(name)
+
+    def label(self, text="", **kwargs):
+        self.drawn.append("label:" + text)
+
+    def progress(self, text="", **kwargs):
+        self.drawn.append("progress:" + text)
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self
+
+
+def panel_drawn(context) -> list[str]:
+    """What the SDS panel draws in `context`, as LayoutRecorder records it."""
+    import types
+    drawn = []
+    addon_module("panel").SDS_PT_main.draw(types.SimpleNamespace(layout=LayoutRecorder(drawn)), context)
+    return drawn

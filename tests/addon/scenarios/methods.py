@@ -8,30 +8,10 @@ import json
 import os
 import sys
 import time
-import types
 
 import bpy
 
-from .common import addon_module, call, object_facts, setup_run
-
-
-class _Layout:
-    """Stands in for a panel's UILayout: records the properties drawn, takes everything else."""
-
-    def __init__(self, drawn):
-        self.drawn = drawn
-
-    def prop(self, data, name, **kwargs):
-        self.drawn.append(name)
-
-    def __getattr__(self, name):  # row(), box(), label(), operator(), ...: a layout again
-        return lambda *args, **kwargs: self
-
-
-def _panel_props(context):
-    drawn = []
-    addon_module("panel").SDS_PT_main.draw(types.SimpleNamespace(layout=_Layout(drawn)), context)
-    return drawn
+from .common import call, object_facts, panel_drawn, setup_run
 
 
 def _read_run(folder):
@@ -59,7 +39,7 @@ def run(args):
     rna = s.bl_rna.properties["method"]
     out = {"items": [[i.identifier, i.name, i.description, i.value] for i in rna.enum_items],
            "default": rna.default, "initial": s.method, "property_description": rna.description,
-           "panel": _panel_props(bpy.context), "timings": {}}
+           "panel": panel_drawn(bpy.context), "timings": {}}
 
     def exported(name, overrides):
         s.job_overrides = json.dumps({**args["overrides"], **overrides})
