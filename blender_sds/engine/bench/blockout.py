@@ -6,7 +6,8 @@ pyramid started from the density blob comes back round. An artist's blockout say
 pyramid with its apex off-centre (pocket/blockout.py) under each `optim.keep_shape`
 setting, and from the blob, and judges each result with the pocket yardstick: the shape it
 is read as, Chamfer to the true pyramid, Chamfer to the blockout (how much of the start
-stayed), colour error. docs/QUALITY.md "Starting from a mesh" keeps the last table.
+stayed), colour error, saturation and brightness against the truth's (pooled ratios per
+start). docs/QUALITY.md "Starting from a mesh" keeps the last table.
 
     python -m blender_sds.engine bench blockout [--starts blob,1,0.1,1:linear] [--colours red,green,...]
         [--preset standard] [--steps N] [--jobs 2] [--out DIR] [--json]
@@ -28,7 +29,7 @@ from ...results import MESH_FILE
 from ..pocket import metrics
 from ..pocket.blockout import rough_pyramid
 from .janus import JOBS, LAB, _list, run_all
-from .quality import run_one
+from .quality import figure_text, run_one
 
 STARTS = ("blob", "0", "1", "1:linear", "10")
 BLOCKOUT_FILE = "blockout.npz"
@@ -111,9 +112,11 @@ def start_summary(results: list[dict]) -> dict:
     def median(key):
         values = [r[key] for r in results if r.get(key) is not None]
         return statistics.median(values) if values else None
+    fidelity = metrics.colour_fidelity(results)
     return {"pyramids": sum(bool(r["shape_ok"]) for r in results), "assets": len(results),
             "median_chamfer": median("chamfer"), "median_blockout_chamfer": median("blockout_chamfer"),
             "median_colour_error": median("colour_error"),
+            **{key: value if np.isfinite(value) else None for key, value in fidelity.items()},
             "seconds_per_asset": statistics.fmean(r["seconds"] for r in results)}
 
 
@@ -122,11 +125,13 @@ def _percent(value) -> str:
 
 
 def print_table(summary: dict) -> None:
-    print(f"{'start':<12} {'pyramids':>9} {'chamfer':>8} {'to start':>9} {'colour':>7} {'s/asset':>8}")
+    print(f"{'start':<12} {'pyramids':>9} {'chamfer':>8} {'to start':>9} {'colour':>7} {'satur':>6} {'bright':>6} "
+          f"{'s/asset':>8}")
     for name, m in summary.items():
         colour = "n/a" if m["median_colour_error"] is None else f"{m['median_colour_error']:.3f}"
         print(f"{name:<12} {m['pyramids']:>4} of {m['assets']:<2} {_percent(m['median_chamfer']):>8} "
-              f"{_percent(m['median_blockout_chamfer']):>9} {colour:>7} {m['seconds_per_asset']:8.1f}")
+              f"{_percent(m['median_blockout_chamfer']):>9} {colour:>7} {figure_text(m['saturation_ratio'], '.3f'):>6} "
+              f"{figure_text(m['brightness_ratio'], '.3f'):>6} {m['seconds_per_asset']:8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def row(i, r):
             start, colour = plan[i][:2]
-            seen = r.get("error") or f"{r['seen_shape']:<9} chamfer {100 * r['chamfer']:5.2f}%"
+            seen = r.get("error") or (f"{r['seen_shape']:<9} chamfer {100 * r['chamfer']:5.2f}%  "
+                                      f"dSat {figure_text(r['saturation_difference'])} "
+                                      f"dBri {figure_text(r['brightness_difference'])}")
             print(f"{start:<12} {colour:<7} {seen}  {r['seconds']:6.1f} s", file=report, flush=True)
         done = run_all([(job, out) for _, _, job, out in plan], args, row, judge=judge_start)
     results = {start: [r for (s, *_), r in zip(plan, done) if s == start] for start in args.starts}

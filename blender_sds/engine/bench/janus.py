@@ -5,8 +5,9 @@ prompts ("a red cube with a white front") and a few plain ones, with the camera-
 pocket teacher whose data are front-biased like a photo collection (`guidance.front_bias`)
 and, by default, the plain ones' figures to show a remedy costs no shape or colour. Per
 method: Janus rate and front-kept rate over the marked assets (pocket/janus.py), shape and
-colour R-precision, median Chamfer and colour error over the plain ones, seconds per asset
-and the judge's predictions per step. docs/QUALITY.md "Janus" keeps the last table.
+colour R-precision, median Chamfer and colour error over the plain ones, saturation and
+brightness ratios over all of them (each against its own truth, mark included), seconds per
+asset and the judge's predictions per step. docs/QUALITY.md "Janus" keeps the last table.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import numpy as np
 from ... import kinds
 from ...job import JobError, merge_overrides, validate_job
 from ...results import LOG_FILE, MESH_FILE
-from ..pocket import janus, world
-from .quality import run_one, summarise
+from ..pocket import janus, metrics, world
+from .quality import figure_text, run_one, summarise
 
 # Four shapes and four body colours, each mark a contrasting colour; two plain objects.
 MARKED = ("a red cube with a white front", "a blue sphere with a yellow front",
@@ -167,12 +168,14 @@ def method_summary(results: list[dict]) -> dict:
     plain = [r for r in results if "janus" not in r]
     quality = summarise(plain) if plain else {}
     predictions = [r["predictions"] for r in results if r["predictions"] is not None]
+    fidelity = metrics.colour_fidelity(results)  # every asset: a marked one against its marked truth
     return {"janus_rate": janus.janus_rate(marked) if marked else None,
             "front_kept_rate": janus.front_kept_rate(marked) if marked else None,
             "marked_assets": len(marked), "plain_assets": len(plain),
             "shape_r_precision": quality.get("shape_r_precision"),
             "colour_r_precision": quality.get("colour_r_precision"),
             "median_chamfer": quality.get("median_chamfer"), "median_colour_error": quality.get("median_colour_error"),
+            **{key: value if np.isfinite(value) else None for key, value in fidelity.items()},
             "seconds_per_asset": statistics.fmean(r["seconds"] for r in results),
             "max_seconds": max(r["seconds"] for r in results),
             "predictions_per_step": statistics.fmean(predictions) if predictions else None}
@@ -187,17 +190,21 @@ def _asset_row(method: str, r: dict) -> str:
                                          f"{'kept' if r['front_kept'] else 'LOST'}")
     shape = "" if "janus" in r or r.get("error") else (f"shape {'ok' if r['shape_ok'] else '--'} "
                                                         f"colour {'ok' if r['colour_ok'] else '--'}")
-    return f"{method:<13} {r['prompt']:<36} seed {r['seed']:<3} {front or shape:<24} {r['seconds']:6.1f} s"
+    colour = "" if r.get("error") else (f"dSat {figure_text(r['saturation_difference'])} "
+                                         f"dBri {figure_text(r['brightness_difference'])}")
+    return (f"{method:<13} {r['prompt']:<36} seed {r['seed']:<3} {front or shape:<24} {colour:<23} "
+            f"{r['seconds']:6.1f} s")
 
 
 def print_table(summary: dict) -> None:
     print(f"{'method':<13} {'janus':>6} {'front':>6} {'shapeRP':>8} {'colourRP':>9} {'chamfer':>8} "
-          f"{'colour':>7} {'s/asset':>8} {'preds':>6}")
+          f"{'colour':>7} {'satur':>6} {'bright':>6} {'s/asset':>8} {'preds':>6}")
     for name, m in summary.items():
         chamfer = None if m["median_chamfer"] is None else 100 * m["median_chamfer"]
         print(f"{name:<13} {_figure(m['janus_rate'], '6.2f')} {_figure(m['front_kept_rate'], '6.2f')} "
               f"{_figure(m['shape_r_precision'], '8.2f')} {_figure(m['colour_r_precision'], '9.2f')} "
               f"{_figure(chamfer, '7.2f')}% {_figure(m['median_colour_error'], '7.3f')} "
+              f"{_figure(m['saturation_ratio'], '6.3f')} {_figure(m['brightness_ratio'], '6.3f')} "
               f"{m['seconds_per_asset']:8.1f} {_figure(m['predictions_per_step'], '6.1f')}")
 
 

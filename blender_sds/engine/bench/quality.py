@@ -3,8 +3,9 @@
 Runs the real engine (`run_job`) with the pocket teacher on every prompt of the world, or on
 a seeded sample that covers every shape and every colour, and reports per asset and in
 total: Chamfer distance (fraction of the bounds size), colour error (linear RGB), shape and
-colour R-precision and seconds per asset. `--json` prints one JSON object. docs/QUALITY.md
-explains the figures and keeps the last table.
+colour R-precision, saturation and brightness against the truth's (per asset the
+differences, in total the pooled ratios) and seconds per asset. `--json` prints one JSON
+object. docs/QUALITY.md explains the figures and keeps the last table.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from ...results import MESH_FILE
 from ..pocket import metrics, world
 
 DEFAULT_SAMPLE = 12
+COLOUR_FIGURES = ("saturation", "truth_saturation", "saturation_difference",
+                  "brightness", "truth_brightness", "brightness_difference")
 
 
 def covering_sample(n: int, seed: int) -> list[str]:
@@ -110,7 +113,8 @@ def run_one(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
     except MeshError as error:
         seconds = time.monotonic() - started
         return {"prompt": prompt, "error": str(error), "chamfer": None, "colour_error": None, "seen_shape": None,
-                "seen_colour": None, "shape_ok": False, "colour_ok": False, "seconds": seconds}
+                "seen_colour": None, "shape_ok": False, "colour_ok": False, "seconds": seconds,
+                **{key: None for key in COLOUR_FIGURES}}
     seconds = time.monotonic() - started
     with np.load(result / MESH_FILE) as data:
         mesh = {k: data[k] for k in data.files}
@@ -121,6 +125,7 @@ def run_one(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
 
 def summarise(results: list[dict]) -> dict:
     shape_rp, colour_rp = metrics.r_precision(results)
+    fidelity = metrics.colour_fidelity(results)
     chamfers = [r["chamfer"] if r["chamfer"] is not None else float("inf") for r in results]
     colours = [r["colour_error"] if r["colour_error"] is not None else float("inf") for r in results]
     seconds = [r["seconds"] for r in results]
@@ -131,15 +136,23 @@ def summarise(results: list[dict]) -> dict:
     return {"shape_r_precision": shape_rp, "colour_r_precision": colour_rp,
             "median_chamfer": finite(statistics.median(chamfers)),
             "median_colour_error": finite(statistics.median(colours)),
+            "saturation_ratio": finite(fidelity["saturation_ratio"]),
+            "brightness_ratio": finite(fidelity["brightness_ratio"]),
             "seconds_per_asset": statistics.fmean(seconds), "max_seconds": max(seconds), "assets": len(results)}
+
+
+def figure_text(value, form: str = "+6.3f") -> str:
+    """A figure for a table: n/a where there is none (a failed run, a mesh without colours)."""
+    return "n/a" if value is None or not np.isfinite(value) else format(value, form)
 
 
 def _row(i: int, r: dict) -> str:
     if r.get("error"):
-        return f"{i:>3}  {r['prompt']:<18}  {'no mesh: ' + r['error'][:60]:<52}  {r['seconds']:7.1f}"
+        return f"{i:>3}  {r['prompt']:<18}  {'no mesh: ' + r['error'][:60]:<59}  {r['seconds']:7.1f}"
     return (f"{i:>3}  {r['prompt']:<18}  {100 * r['chamfer']:7.2f}%  {r['colour_error']:6.3f}  "
             f"{r['seen_shape']:<9}{'ok' if r['shape_ok'] else '--':<4}{r['seen_colour']:<8}"
-            f"{'ok' if r['colour_ok'] else '--':<4}  {r['seconds']:7.1f}")
+            f"{'ok' if r['colour_ok'] else '--':<4}  {figure_text(r['saturation_difference']):>6}  "
+            f"{figure_text(r['brightness_difference']):>6}  {r['seconds']:7.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     report = sys.stderr if args.json else sys.stdout
-    header = f"  #  {'prompt':<18}  chamfer  colour  shape        colour        seconds"
+    header = f"  #  {'prompt':<18}  chamfer  colour  shape        colour          dSat    dBri  seconds"
     print(f"bench quality: preset {args.preset}, seed {args.seed}, {len(prompts)} prompts"
           + (f", steps {args.steps}" if args.steps else "")
           + (f", override {json.dumps(args.override)}" if args.override else ""), file=report, flush=True)
@@ -177,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f"{100 * total['median_chamfer']:.2f}%" if total["median_chamfer"] is not None else "n/a")
               + "  median colour error "
               + (f"{total['median_colour_error']:.3f}" if total["median_colour_error"] is not None else "n/a")
+              + "  saturation ratio " + figure_text(total["saturation_ratio"], ".3f")
+              + "  brightness ratio " + figure_text(total["brightness_ratio"], ".3f")
               + f"  {total['seconds_per_asset']:.1f} s per asset (max {total['max_seconds']:.1f})")
     return 0
 

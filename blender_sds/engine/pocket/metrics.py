@@ -14,6 +14,12 @@
   when the best-ranked prompt (by albedo renders) has the result's colour. A marked prompt
   is ranked among the plain ones by its body colour: the mark is a minority of the surface.
   Whether the mark sits where it should is janus.py's measure.
+- Saturation and brightness: the mean HSV saturation S and value V of the result's albedo
+  renders (the same 8 views) over its own covered pixels, beside the same means of the
+  truth's analytic renders (the asset's own prompt, mark included) over the truth's pixels.
+  SDS at high guidance over-saturates: colour error says a colour is off, these say which
+  way. Over a bench they pool (`colour_fidelity`) as sums, so a white truth (S = 0) neither
+  divides by zero nor weighs more than its pixels' saturation.
 - Bumpiness (cube and pyramid only): the mean angle between neighbouring faces of the
   result that lie on a true flat face, in degrees (`flat_bumpiness`: shading noise at the
   mesh's scale), and their normals' mean angle from the region's own mean normal
@@ -249,32 +255,84 @@ def truth_renders(size: int = EVAL_SIZE) -> tuple[tuple[str, ...], torch.Tensor,
     return world.PROMPTS, torch.stack(greys), torch.stack(albedos)
 
 
-def rank_prompts(mesh: dict, bounds: dict | None = None, size: int = EVAL_SIZE) -> dict:
-    """Every prompt's distance to the mesh's renders, for shape (textureless) and colour (albedo)."""
+def _scores(grey: torch.Tensor, albedo: torch.Tensor, size: int) -> dict:
     prompts, grey_truth, albedo_truth = truth_renders(size)
-    grey, albedo = mesh_renders(mesh, bounds, size)
     shape_score = ((grey_truth - grey[None]) ** 2).mean(dim=(1, 2, 3, 4))
     colour_score = ((albedo_truth - albedo[None]) ** 2).mean(dim=(1, 2, 3, 4))
     return {"prompts": prompts, "shape_score": shape_score.numpy(), "colour_score": colour_score.numpy()}
 
 
-def recognise(mesh: dict, bounds: dict | None = None, size: int = EVAL_SIZE) -> tuple[str, str]:
-    """The (shape, colour) the yardstick reads in a mesh: the best prompt by each score."""
-    ranks = rank_prompts(mesh, bounds, size)
+def _best(ranks: dict) -> tuple[str, str]:
     shape = world.parse_prompt(ranks["prompts"][int(np.argmin(ranks["shape_score"]))])[1]
     colour = world.parse_prompt(ranks["prompts"][int(np.argmin(ranks["colour_score"]))])[0]
     return shape, colour
 
 
+def rank_prompts(mesh: dict, bounds: dict | None = None, size: int = EVAL_SIZE) -> dict:
+    """Every prompt's distance to the mesh's renders, for shape (textureless) and colour (albedo)."""
+    grey, albedo = mesh_renders(mesh, bounds, size)
+    return _scores(grey, albedo, size)
+
+
+def recognise(mesh: dict, bounds: dict | None = None, size: int = EVAL_SIZE) -> tuple[str, str]:
+    """The (shape, colour) the yardstick reads in a mesh: the best prompt by each score."""
+    return _best(rank_prompts(mesh, bounds, size))
+
+
+# -- saturation and brightness ----------------------------------------------------------------
+
+def saturation_value(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """HSV saturation and value of sRGB colours (..., 3): S = (max - min) / max (0 where max = 0), V = max."""
+    high, low = rgb.max(dim=-1).values, rgb.min(dim=-1).values
+    return torch.where(high > 0, (high - low) / high.clamp_min(1e-12), torch.zeros_like(high)), high
+
+
+def covered_saturation_value(albedo: torch.Tensor, cover: torch.Tensor) -> tuple[float, float]:
+    """(mean S, mean V) of sRGB renders (N,3,S,S) over their covered pixels (N,S,S), all views pooled;
+    NaN for both when nothing is covered."""
+    if not bool(cover.any()):
+        return float("nan"), float("nan")
+    s, v = saturation_value(albedo.double().permute(0, 2, 3, 1)[cover])
+    return float(s.mean()), float(v.mean())
+
+
+@lru_cache(maxsize=256)
+def truth_saturation_value(prompt: str, size: int = EVAL_SIZE) -> tuple[float, float]:
+    """The truth's (mean S, mean V) over its own pixels in the same views: the prompt's own renders,
+    mark included, one ray per pixel so every covered pixel holds a true albedo, not an edge blend."""
+    with one_thread():
+        rgba = world.render_prompt(prompt, eval_orbit(), size, "albedo", supersample=1)
+    return covered_saturation_value(rgba[:, :3], rgba[:, 3] > 0.5)
+
+
+def _colour_figures(albedo: torch.Tensor | None, cover: torch.Tensor, prompt: str) -> dict:
+    truth_s, truth_v = truth_saturation_value(world.prompt_for(*world.parse_object(prompt)))
+    s, v = (float("nan"), float("nan")) if albedo is None else covered_saturation_value(albedo, cover)
+    return {"saturation": s, "truth_saturation": truth_s, "saturation_difference": s - truth_s,
+            "brightness": v, "truth_brightness": truth_v, "brightness_difference": v - truth_v}
+
+
+def colour_figures(mesh: dict, prompt: str, bounds: dict | None = None) -> dict:
+    """saturation, truth_saturation, saturation_difference (result - truth) and the same three for
+    brightness: one asset's mean S and V against its truth's, each over its own pixels."""
+    if mesh.get("colors") is None:
+        raise ValueError("mesh: has no 'colors', cannot measure saturation or brightness")
+    _, albedo, cover = mesh_views(mesh, bounds)
+    return _colour_figures(albedo, cover, prompt)
+
+
 def judge(mesh: dict, prompt: str, bounds: dict | None = None) -> dict:
-    """All figures for one result of `prompt` (plain or marked; the mark counts only in colour_error)."""
+    """All figures for one result of `prompt` (plain or marked; the mark counts only in colour_error
+    and the saturation and brightness figures)."""
     colour, shape = world.parse_prompt(prompt)
-    seen_shape, seen_colour = recognise(mesh, bounds)
+    grey, albedo, cover = mesh_views(mesh, bounds)  # one rasterisation for recognition and colour
+    seen_shape, seen_colour = _best(_scores(grey, albedo, EVAL_SIZE))
+    coloured = mesh.get("colors") is not None
     return {"prompt": prompt, "chamfer": mesh_chamfer(mesh, prompt, bounds),
-            "colour_error": colour_error(mesh, prompt, bounds=bounds) if mesh.get("colors") is not None
-            else float("nan"),
+            "colour_error": colour_error(mesh, prompt, bounds=bounds) if coloured else float("nan"),
             "seen_shape": seen_shape, "seen_colour": seen_colour,
-            "shape_ok": seen_shape == shape, "colour_ok": seen_colour == colour}
+            "shape_ok": seen_shape == shape, "colour_ok": seen_colour == colour,
+            **_colour_figures(albedo if coloured else None, cover, prompt)}
 
 
 def r_precision(judgements: list[dict]) -> tuple[float, float]:
@@ -283,3 +341,26 @@ def r_precision(judgements: list[dict]) -> tuple[float, float]:
         return float("nan"), float("nan")
     return (sum(j["shape_ok"] for j in judgements) / len(judgements),
             sum(j["colour_ok"] for j in judgements) / len(judgements))
+
+
+def _measured(value) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def colour_fidelity(judgements: list[dict]) -> dict:
+    """Pooled saturation_ratio and brightness_ratio: the sum over assets of the results' mean S
+    (V) over the sum of their truths' (1.0 is faithful, above 1 over-saturated or too bright).
+
+    Sums, not a mean of per-asset ratios: a white truth (S = 0) would divide by zero, and a
+    near-grey one would turn a small tint into a huge ratio. Counted: the assets with both
+    figures (a failed run or a mesh without colours has none). NaN when no asset counts or the
+    counted truths sum to 0 (a bench of white objects only: read the differences instead).
+    """
+    def ratio(result_key: str, truth_key: str) -> float:
+        pairs = [(j.get(result_key), j.get(truth_key)) for j in judgements]
+        pairs = [(r, t) for r, t in pairs if _measured(r) and _measured(t)]
+        truth = sum(t for _, t in pairs)
+        return sum(r for r, _ in pairs) / truth if truth > 0 else float("nan")
+
+    return {"saturation_ratio": ratio("saturation", "truth_saturation"),
+            "brightness_ratio": ratio("brightness", "truth_brightness")}

@@ -8,6 +8,7 @@ import pytest
 
 from blender_sds import kinds
 from blender_sds.engine.bench import janus as bench_janus
+from blender_sds.engine.pocket import metrics
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -53,7 +54,8 @@ def test_a_short_marked_run_reports_the_measure_by_name():
     report = json.loads(done.stdout)
     figures = report["methods"]["perp-neg"]
     for key in ("janus_rate", "front_kept_rate", "shape_r_precision", "colour_r_precision", "median_chamfer",
-                "median_colour_error", "seconds_per_asset", "predictions_per_step"):
+                "median_colour_error", "saturation_ratio", "brightness_ratio", "seconds_per_asset",
+                "predictions_per_step"):
         assert key in figures, key
     assert figures["marked_assets"] == 1 and figures["plain_assets"] == 1
     assert 0.0 <= figures["janus_rate"] <= 1.0 and 2.0 <= figures["predictions_per_step"] <= 4.0
@@ -61,3 +63,5 @@ def test_a_short_marked_run_reports_the_measure_by_name():
     marked = [r for r in report["results"]["perp-neg"] if "janus" in r]
     assert len(marked) == 1 and len(marked[0]["mark_share"]) == 8
     assert figures["janus_rate"] == float(marked[0]["janus"])
+    for r in report["results"]["perp-neg"]:  # a marked asset is measured against its marked truth
+        assert r["truth_saturation"] == pytest.approx(metrics.truth_saturation_value(r["prompt"])[0])

@@ -54,13 +54,18 @@ def test_a_bad_override_stops_before_any_run(capsys):
 
 def test_summary_counts_failures_as_wrong():
     good = {"prompt": "a red cube", "chamfer": 0.02, "colour_error": 0.05, "shape_ok": True, "colour_ok": True,
-            "seconds": 10.0}
-    odd = dict(good, chamfer=0.04, colour_error=0.01, shape_ok=False, seconds=30.0)
+            "seconds": 10.0, "saturation": 0.9, "truth_saturation": 0.8, "brightness": 0.6, "truth_brightness": 0.8}
+    odd = dict(good, chamfer=0.04, colour_error=0.01, shape_ok=False, seconds=30.0, saturation=0.3,
+               truth_saturation=0.0)
     failed = {"prompt": "a blue torus", "error": "no surface", "chamfer": None, "colour_error": None,
-              "shape_ok": False, "colour_ok": False, "seconds": 5.0}
+              "shape_ok": False, "colour_ok": False, "seconds": 5.0,
+              **{key: None for key in bench_quality.COLOUR_FIGURES}}
     total = bench_quality.summarise([good, odd, failed])
     assert total["shape_r_precision"] == pytest.approx(1 / 3) and total["colour_r_precision"] == pytest.approx(2 / 3)
     assert total["median_chamfer"] == 0.04 and total["median_colour_error"] == 0.05
+    # Pooled over the assets with figures: (0.9 + 0.3) / (0.8 + 0), the failed run not counted.
+    assert total["saturation_ratio"] == pytest.approx(1.5) and total["brightness_ratio"] == pytest.approx(0.75)
     assert total["seconds_per_asset"] == pytest.approx(15.0) and total["max_seconds"] == 30.0
     assert bench_quality.summarise([failed])["median_chamfer"] is None
+    assert bench_quality.summarise([failed])["saturation_ratio"] is None
     json.dumps(total)
