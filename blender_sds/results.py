@@ -17,6 +17,7 @@ LOG_FILE = "log.jsonl"  # the run's events, one JSON object a line
 JOB_FILE = "job.json"  # the normalised job, with the paths of the side that wrote it
 STATUS_FILE = "status.json"
 WORKER_LOG = "worker.log"  # the add-on's copy of what the worker said on stderr
+BATCH_SUMMARY = "summary.json"  # beside a batch's job folders: what `batch` wrote, what Import Result reads
 
 # What a remote worker sends back of a finished run, and all the add-on accepts. job.json is
 # not among them: its paths are the worker's; the add-on writes its own.
@@ -43,6 +44,15 @@ def temp_files(folder) -> list[Path]:
         return []
     return [Path(folder) / n for n in names
             if n.startswith(".") and TEMP_MARK in n and n.rpartition(TEMP_MARK)[2].isdigit()]
+
+
+def finished_files(folder) -> list[str]:
+    """The names of the files in `folder` that were moved into place (no half-written temp files)."""
+    try:
+        leftovers = {p.name for p in temp_files(folder)}
+        return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in leftovers)
+    except OSError:
+        return []
 
 
 def pid_alive(pid) -> bool:

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import json_gate
+from ..results import BATCH_SUMMARY as SUMMARY_FILE
 from ..results import JOB_FILE, LOG_FILE, MESH_FILE, STATUS_FILE, read_status
 from . import importer, mesh_checks
 from .errors import ArtistError
 
-SUMMARY_FILE = "summary.json"
 MAX_SUMMARY_BYTES = 16 * 2**20  # a summary of thousands of jobs is a few MB
 MARGIN = 0.25  # the gap between neighbours, as a fraction of the largest footprint
 MAX_NAME_BYTES = 59  # Blender's 63-byte names, less room for its ".001" on a repeated name

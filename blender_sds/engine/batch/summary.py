@@ -18,10 +18,10 @@ import math
 import time
 from pathlib import Path
 
-from ...results import PREVIEW_FILE, temp_files
+from ...results import BATCH_SUMMARY, PREVIEW_FILE, finished_files
 from .files import write_atomic, write_json
 
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = BATCH_SUMMARY
 CONTACT_SHEET = "contact_sheet.png"
 SUMMARY_VERSION = 1
 CELL = (256, 128)  # a preview's size (two 128 px views, engine/train/run.py), for a job without one
@@ -31,20 +31,11 @@ SAVE_EVERY = 5.0  # seconds between the summaries written while the batch runs
 MAX_SHEET_PIXELS = 40_000_000  # past this the previews are scaled down (a 10,000-job sheet stays openable)
 
 
-def result_files(folder: Path) -> list[str]:
-    """The finished files in a job folder (no half-written temp files), by name."""
-    try:
-        leftovers = {p.name for p in temp_files(folder)}
-        return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in leftovers)
-    except OSError:
-        return []
-
-
 def job_entry(item, out_dir: Path, status: str, *, seconds: float = 0.0, message: str = "", **extra) -> dict:
     """One job's record in summary.json; `item` is a plan.Planned."""
     return {"index": item.index, "folder": item.folder, "line": item.line, "prompt": item.job["prompt"],
             "seed": item.job["seed"], "status": status, "seconds": round(float(seconds), 3), "message": message,
-            "files": result_files(Path(out_dir) / item.folder), **extra}
+            "files": finished_files(Path(out_dir) / item.folder), **extra}
 
 
 def build(entries: list[dict], **extra) -> dict:

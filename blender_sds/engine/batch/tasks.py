@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ...results import temp_files
+from ...results import finished_files
 
 MARKER = ".batch-"  # DIR/.batch-<token>: present while a batch runs; a worker that sees it writes in place
 
@@ -80,9 +80,7 @@ def run_one(job: dict, index: int, folder: str, out_root: str, token: str, threa
               "worker": {**worker, **{f"judge_{k}": v for k, v in weights_cache.stats().items()}}}
     if scratch is not None:
         try:
-            leftovers = set(temp_files(out))
-            result["payload"] = {p.name: p.read_bytes() for p in sorted(out.iterdir())
-                                 if p.is_file() and p not in leftovers} if out.is_dir() else {}
+            result["payload"] = {name: (out / name).read_bytes() for name in finished_files(out)}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return result
