@@ -245,10 +245,33 @@ def pong(ping_message: dict) -> dict:
 
 # -- the remote worker's certificate ----------------------------------------------------------
 
-def certificate_fingerprint(der: bytes) -> str:
-    """A certificate's SHA-256 fingerprint as `serve` prints it and artists paste it: 'AB:CD:...'."""
+def certificate_digest(der: bytes) -> bytes:
+    """The SHA-256 of a certificate (DER bytes): what a fingerprint names."""
     import hashlib
-    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    return hashlib.sha256(der).digest()
+
+
+def shown_fingerprint(digest: bytes) -> str:
+    """32 bytes written as `serve` prints a fingerprint and artists paste it: 'AB:CD:...'."""
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """A certificate's SHA-256 fingerprint as `serve` prints it: 'AB:CD:...'."""
+    return shown_fingerprint(certificate_digest(der))
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is this machine's loopback: where plain TCP, or
+    a server without a token, is allowed (both the server and the add-on ask)."""
+    import ipaddress
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, None)
+        addresses = {info[4][0].split("%")[0] for info in infos}
+        return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    except (OSError, ValueError):
+        return False
 
 
 def fingerprint_digest(text: str) -> bytes:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hmac
-import ipaddress
 import json
 import os
 import queue
@@ -71,7 +70,7 @@ class RemoteClient(MessageChannel):
     def start(self) -> None:
         from .worker_client import WorkerStartError
         pinned = None
-        if not self.tls and not _is_loopback(self.host):
+        if not self.tls and not protocol.is_loopback(self.host):
             raise WorkerStartError(f"TLS is off, and {self.host} is not this machine: the token would cross the "
                                    f"network in clear. Turn TLS on ({REMOTE_PREFS} > TLS) and start serve without "
                                    "--plain, or reach it through an SSH tunnel (ssh -L 8765:localhost:8765) at "
@@ -118,7 +117,7 @@ class RemoteClient(MessageChannel):
                                    f"({reason}). If it was started with --plain, start it without (or turn TLS "
                                    f"off for a loopback address: {REMOTE_PREFS} > TLS)") from None
         shown = protocol.certificate_fingerprint(der or b"")
-        if pinned is not None and hmac.compare_digest(_digest(der or b""), pinned):
+        if pinned is not None and hmac.compare_digest(protocol.certificate_digest(der or b""), pinned):
             self.certificate = shown
             return tls
         tls.close()
@@ -131,7 +130,7 @@ class RemoteClient(MessageChannel):
                 f"in {FINGERPRINT_PREF}")
         raise WorkerStartError(
             f"the remote worker at {self.where} shows a certificate with SHA-256 fingerprint {shown}, not the "
-            f"Fingerprint set in the preferences ({_shown(pinned)}). "
+            f"Fingerprint set in the preferences ({protocol.shown_fingerprint(pinned)}). "
             "Someone may be intercepting the connection, or the server made a new certificate (its tls folder "
             "was removed). Nothing was sent, not even the token. Ask whoever runs the server which fingerprint "
             f"'serve' printed; only if it is {shown}, put it in {FINGERPRINT_PREF}")
@@ -323,25 +322,6 @@ class RemoteClient(MessageChannel):
         kept = [ln.split(" ", 1)[-1] for ln in text.splitlines()
                 if ln.strip() and "connected to" not in ln and "disconnected" not in ln]
         return " | ".join(kept[-lines:])
-
-
-def _digest(der: bytes) -> bytes:
-    import hashlib
-    return hashlib.sha256(der).digest()
-
-
-def _shown(digest: bytes) -> str:
-    return ":".join(f"{b:02X}" for b in digest)
-
-
-def _is_loopback(host: str) -> bool:
-    """True when every address `host` names is this machine's loopback."""
-    try:
-        infos = socket.getaddrinfo(host, None)
-        addresses = {info[4][0].split("%")[0] for info in infos}
-        return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
-    except (OSError, ValueError):
-        return False
 
 
 def remote_form(job: dict) -> tuple[dict, list[tuple[str, str]]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-import time
 from pathlib import Path
 
 from .worker import Refused
@@ -31,7 +30,6 @@ class Ticket:
         self.owner = owner
         self.folder = folder
         self.state = "waiting"
-        self.since = time.time()
 
     def __repr__(self) -> str:
         return f"Ticket({self.number}, {self.owner!r}, {self.state})"

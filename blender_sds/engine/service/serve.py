@@ -20,7 +20,6 @@ arguments). Without a token, or with --plain, the server binds only to loopback.
 from __future__ import annotations
 
 import io
-import ipaddress
 import os
 import socket
 import sys
@@ -53,26 +52,16 @@ def default_root() -> Path:
     return Path(cache) / "blender-sds" / "serve"
 
 
-def is_loopback(host: str) -> bool:
-    """True when every address `host` names is this machine's loopback."""
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        return False
-    addresses = {info[4][0].split("%")[0] for info in infos}
-    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
-
-
 class Server:
     def __init__(self, host: str, port: int, tokens, root: Path, *,
                  max_upload_bytes: int, keep_jobs: int = 20, heartbeat_seconds: float = protocol.HEARTBEAT_SECONDS,
                  engine=None, tls: bool = True, max_queue: int = MAX_QUEUE,
                  max_queue_per_token: int = MAX_QUEUE_PER_TOKEN, max_clients: int = MAX_CLIENTS,
                  gate: GateLimits = GateLimits(), send_seconds: float = SEND_SECONDS):
-        if tokens is None and not is_loopback(host):
+        if tokens is None and not protocol.is_loopback(host):
             raise ServeError(f"--host {host}: not a loopback address, and no token is set: put a secret in a "
                              f"file only you can read and pass --token-file FILE (or set {TOKEN_ENV})")
-        if not tls and not is_loopback(host):
+        if not tls and not protocol.is_loopback(host):
             raise ServeError(f"--plain: refused on --host {host}, which is not a loopback address: the token would "
                              "cross the network in clear. Leave out --plain (the add-on pins the certificate's "
                              "fingerprint), or listen on 127.0.0.1 and reach it through ssh -L")
