@@ -37,12 +37,16 @@ _MISSING = object()
 _TOP_KEYS = ("version", "prompt", "negative_prompt", "seed", "preset", "steps", "bounds", "guidance",
              "cameras", "render", "optim", "init", "mesh", "output")
 _GUIDANCE_KEYS = ("kind", "rule", "model", "config", "scale", "t_range", "t_schedule", "weighting", "grad_clip",
-                  "view_dependent", "dtype", "low_vram", "cuda_graphs", "views", "pose_matched", "perp_neg",
+                  "view_dependent", "dtype", "low_vram", "cuda_graphs", "views", "pose_matched", "perp_neg", "estimator",
                   "front_bias")
 # Perp-Neg's negative weights w = -(a exp(-b r) + c) per pair of directions (threestudio's defaults):
 # front-side, side-front, side-back and front-side-back, r the camera's place between the two.
 PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_sb": [1.0, 0.5, -0.606],
                     "f_fsb": [1.0, 0.5, 0.967]}
+# VSD's estimator (threestudio's stable_diffusion_vsd_guidance): its learning rate, LoRA rank, the
+# share of its training steps without the camera, and lambda mixing its camera-conditioned and
+# camera-free predictions (guidance_scale_lora: 1.0 VSD, 0.5 ESD).
+ESTIMATOR = {"lr": 1e-3, "rank": 4, "camera_dropout": 0.1, "camera_scale": 1.0}
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
 MAX_JOB_BYTES = 16 * 1024 * 1024  # a job with a 1,000-camera rig is under 1 MB
 MAX_MESSAGE = 293  # characters of one error line: with the CLI's "error: " in front, at most 300
@@ -445,18 +449,21 @@ def _guidance(raw, base_dir) -> dict:
              else {"rule": kinds.DEFAULT_RULE, "view_dependent": False})
     rule = _choice(g.get("rule", start["rule"]), "guidance.rule", kinds.rule_names(), "rule")
     view_dependent = _bool(g.get("view_dependent", start["view_dependent"]), "guidance.view_dependent")
-    _rule_fits(kinds.rule(rule), spec, view_dependent)
+    rule_spec = kinds.rule(rule)
+    _rule_fits(rule_spec, spec, view_dependent)
+    # A rule made for normal CFG starts from the CFG the kind's images are sampled at.
+    scale = spec.sampling_scale if rule_spec.sampling_cfg and spec.sampling_scale else spec.scale
     pose_matched = _pose_matched(g.get("pose_matched", bool(spec.pose_matched)), spec)
     return {
         "kind": kind,
         "rule": rule,
         "model": model,
         "config": config,
-        "scale": _number(g.get("scale", spec.scale), "guidance.scale", gt=0, le=1000),
+        "scale": _number(g.get("scale", scale), "guidance.scale", gt=0, le=1000),
         "t_range": [lo, hi],
         "t_schedule": _choice(g.get("t_schedule", "random"), "guidance.t_schedule", ("random", "anneal"),
                               "t_schedule"),
-        "weighting": _choice(g.get("weighting", "sds"), "guidance.weighting", ("sds", "uniform", "fantasia3d"),
+        "weighting": _choice(g.get("weighting", rule_spec.weighting), "guidance.weighting", ("sds", "uniform", "fantasia3d"),
                              "weighting"),
         "grad_clip": _grad_clip(g.get("grad_clip"), "guidance.grad_clip"),
         "view_dependent": view_dependent,
@@ -467,6 +474,7 @@ def _guidance(raw, base_dir) -> dict:
         "views": views,
         "pose_matched": pose_matched,
         "perp_neg": _perp_neg(g.get("perp_neg"), rule),
+        "estimator": _estimator(g.get("estimator"), rule_spec),
         "front_bias": _front_bias(g.get("front_bias"), spec, pose_matched),
     }
 
@@ -495,6 +503,25 @@ def _perp_neg(value, rule: str) -> dict | None:
     given = _object(value, "guidance.perp_neg", tuple(PERP_NEG_WEIGHTS))
     return {name: _numbers(given.get(name, default), f"guidance.perp_neg.{name}", 3)
             for name, default in PERP_NEG_WEIGHTS.items()}
+
+
+def _estimator(value, rule: kinds.RuleSpec) -> dict | None:
+    """The trained estimator's settings (VSD, ESD); None under a rule that trains none."""
+    if not rule.estimator:
+        if value is None:
+            return None
+        takers = ", ".join(repr(n) for n in kinds.rule_names() if kinds.rule(n).estimator)
+        raise JobError("guidance.estimator", f"only for guidance.rule {takers}, not {rule.name!r}; "
+                                             f"got {_describe(value)}")
+    given = _object({} if value is None else value, "guidance.estimator", tuple(ESTIMATOR))
+    return {
+        "lr": _number(given.get("lr", ESTIMATOR["lr"]), "guidance.estimator.lr", gt=0, le=1),
+        "rank": _int(given.get("rank", ESTIMATOR["rank"]), "guidance.estimator.rank", 1, 256),
+        "camera_dropout": _number(given.get("camera_dropout", ESTIMATOR["camera_dropout"]),
+                                  "guidance.estimator.camera_dropout", ge=0, le=1),
+        "camera_scale": _number(given.get("camera_scale", ESTIMATOR["camera_scale"]),
+                                "guidance.estimator.camera_scale", ge=0, le=1),
+    }
 
 
 def _front_bias(value, spec: kinds.KindSpec, pose_matched: bool) -> float | None:
@@ -662,12 +689,14 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     if spec.text and not prompt.strip():
         raise JobError("prompt", f"must not be empty for guidance kind {kind!r}, got {prompt!r}")
     negative = _str(raw.get("negative_prompt", ""), "negative_prompt")
-    if spec.check_prompt is not None:  # a kind that draws only its own words: say so before any worker starts
-        for key, text in (("prompt", prompt), ("negative_prompt", negative)):
-            if key == "prompt" or text.strip():
-                problem = spec.check_prompt(text)
-                if problem is not None:
-                    raise JobError(key, problem)
+    if not negative.strip() and spec.text:  # a rule's published negative, when the job gives none
+        negative = kinds.rule(guidance["rule"]).negative_prompt
+    checks = (("prompt", prompt, spec.check_prompt), ("negative_prompt", negative, spec.check_negative or spec.check_prompt))
+    for key, text, check in checks:  # a kind that draws only its own words: say so before any worker starts
+        if check is not None and (key == "prompt" or text.strip()):
+            problem = check(text)
+            if problem is not None:
+                raise JobError(key, problem)
     preset_name = _choice(raw.get("preset", "standard"), "preset", tuple(PRESETS), "preset")
     preset = preset_table(kind)[preset_name]
     init = _init(raw.get("init", {}), base_dir)

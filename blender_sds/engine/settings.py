@@ -38,6 +38,7 @@ class GuidanceSettings:
     pose_matched: bool
     perp_neg: dict | None  # Perp-Neg's weight triples by pair of directions (rule perp-neg only)
     front_bias: float | None  # the camera-blind pocket teacher's share of front views
+    estimator: dict | None  # the trained estimator's lr, rank, camera_dropout, camera_scale (VSD only)
     prompt: str
     negative_prompt: str
     seed: int
@@ -100,7 +101,7 @@ class Settings:
             grad_clip=g["grad_clip"], view_dependent=bool(g["view_dependent"]), dtype=g["dtype"],
             low_vram=bool(g["low_vram"]), cuda_graphs=bool(g["cuda_graphs"]), views=g["views"],
             pose_matched=bool(g["pose_matched"]), perp_neg=g["perp_neg"], front_bias=g["front_bias"],
-            prompt=job["prompt"], negative_prompt=job["negative_prompt"],
+            estimator=g["estimator"], prompt=job["prompt"], negative_prompt=job["negative_prompt"],
             seed=int(job["seed"]), resolution=resolution, bounds=bounds)
         cameras = CameraSettings(
             mode=c["mode"], rig=c["rig"], elevation=tuple(c["elevation"]), azimuth=tuple(c["azimuth"]),

@@ -31,7 +31,11 @@ class KindSpec:
     target_jitter: float = 0.05  # default cameras.jitter.target, in bounds sizes
     presets: dict | None = None  # its own preset table (same names as job.PRESETS); None: the shared one
     check_prompt: Callable[[str], str | None] | None = None  # the problem with a prompt it cannot draw, or None
+    check_negative: Callable[[str], str | None] | None = None  # the same for negative prompts; None: check_prompt
     front_bias: float | None = None  # guidance.front_bias's default; None: the kind has no such option
+    # The CFG its images are sampled at: guidance.scale's default under a rule made for normal CFG
+    # (NFSD, CSD, VSD); None: the kind's `scale` whatever the rule.
+    sampling_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class RuleSpec:
     rule: str  # "module:Class" of the engine's rule; imported by the engine only
     summary: str = ""
     view_prompts: bool = False  # needs the direction prompts: text kinds with guidance.view_dependent on
+    sampling_cfg: bool = False  # made for the kind's normal CFG: guidance.scale defaults to its sampling_scale
+    negative_prompt: str = ""  # the published negative prompt, the job's negative_prompt when it gives none
+    weighting: str = "sds"  # guidance.weighting's default under this rule
+    estimator: bool = False  # trains an estimator of the renders' own noise (guidance.estimator)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,13 @@ def prompt_problem(prompt: str) -> str | None:
 # (docs/QUALITY.md "Janus"). 0.25 is no bias (the front view is a quarter of the circle).
 FRONT_BIAS = 0.8
 
+# The teacher's "normal CFG", the rules made for it start from (NFSD, CSD, VSD): Stable
+# Diffusion's 7.5, as its default SDS scale is the pocket's counterpart of SD's 100.
+SAMPLING_SCALE = 7.5
+
 # Pose-matched by default: camera-blind, its memorised data cannot break a blob's symmetry
 # (docs/QUALITY.md).
 SPEC = register_kind(KindSpec(
     name="pocket", predictor="blender_sds.engine.guidance.teachers.pocket:PocketPredictor", scale=20.0,
     model="optional", pose_matched=True, opaque=OPAQUE, target_jitter=TARGET_JITTER, presets=PRESETS,
-    check_prompt=prompt_problem, front_bias=FRONT_BIAS))
+    check_prompt=prompt_problem, front_bias=FRONT_BIAS, sampling_scale=SAMPLING_SCALE))

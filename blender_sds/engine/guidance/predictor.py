@@ -2,8 +2,9 @@
 
 A predictor says how images become its sample space (`encode`) and, for a noisy sample and
 a timestep, returns one noise prediction per condition it is asked for ("prompt": the
-prompt, per camera direction when view-dependent; "uncond": the negative or empty prompt;
-a `Blend` of the direction prompts). How those predictions become a gradient is a rule's
+prompt, per camera direction when view-dependent; "uncond": the negative or empty prompt,
+CFG's other branch; "null": the empty prompt whatever the negative, as NFSD and CSD weigh
+both; a `Blend` of the direction prompts). How those predictions become a gradient is a rule's
 business (rules/), so a rule that needs more conditions (Perp-Neg's negatives) or none of
 CFG's pair asks for them.
 """
@@ -17,7 +18,7 @@ from ..scene.directions import DIRECTIONS
 from ..scene.views import ViewBatch
 from ..settings import GuidanceSettings
 
-CONDITIONS = ("prompt", "uncond")  # the names every predictor answers
+CONDITIONS = ("prompt", "uncond", "null")  # the names every predictor answers
 
 
 @dataclass(frozen=True, eq=False)

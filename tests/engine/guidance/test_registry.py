@@ -121,7 +121,7 @@ def test_a_kind_and_a_rule_from_the_registry_alone_run_a_job_end_to_end(register
 
 def test_unknown_kinds_and_rules_are_named_with_what_the_registry_has(registered):
     with pytest.raises(JobError) as error:
-        validate_job({"version": 1, "guidance": {"kind": "green", "rule": "vsd"}})
+        validate_job({"version": 1, "guidance": {"kind": "green", "rule": "ism"}})
     assert error.value.key == "guidance.rule" and "prompt-only" in error.value.problem and "sds" in error.value.problem
     with pytest.raises(JobError) as error:
         validate_job({"version": 1, "guidance": {"kind": "blue"}})

@@ -29,6 +29,7 @@ class PromptEmbeddings:
 
     prompt: torch.Tensor  # (1, L, D) the prompt as written
     uncond: torch.Tensor  # (1, L, D) the negative prompt ("" by default): the unconditional branch of CFG
+    null: torch.Tensor  # (1, L, D) the empty prompt (the same tensor as uncond when there is no negative)
     views: torch.Tensor | None  # (4, L, D) "<prompt>, <direction> view" in scene.directions.DIRECTIONS order, or None
 
     def conditional(self, views: ViewBatch) -> torch.Tensor:
@@ -103,7 +104,8 @@ class TextConditionedPredictor(NoisePredictor):
         tokenizer, text_encoder = parts.pop("tokenizer"), parts.pop("text_encoder")
         place_module(text_encoder, self.device, self.low_vram)
         prompt = self.settings.prompt
-        prompts = [prompt, self.settings.negative_prompt]
+        negative = self.settings.negative_prompt
+        prompts = [prompt, negative, ""]
         if self.view_dependent:
             prompts += view_prompts(prompt)
         encoded = encode_prompts(tokenizer, text_encoder, prompts, self.device).to(self.device, self.dtype)
@@ -112,7 +114,8 @@ class TextConditionedPredictor(NoisePredictor):
         del tokenizer, text_encoder
         release_memory(self.device)
         self.embeddings = PromptEmbeddings(prompt=encoded[0:1], uncond=encoded[1:2],
-                                           views=encoded[2:6] if self.view_dependent else None)
+                                           null=encoded[1:2] if not negative else encoded[2:3],
+                                           views=encoded[3:7] if self.view_dependent else None)
         return self.embeddings
 
     def condition(self, name, views: ViewBatch) -> torch.Tensor:
@@ -126,6 +129,8 @@ class TextConditionedPredictor(NoisePredictor):
             return self.embeddings.conditional(views)
         if name == "uncond":
             return self.embeddings.uncond.expand(views.size, -1, -1)
+        if name == "null":
+            return self.embeddings.null.expand(views.size, -1, -1)
         raise self.unknown([name])
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, views: ViewBatch, names):

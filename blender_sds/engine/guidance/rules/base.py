@@ -3,7 +3,9 @@
 Noise, timestep schedule, weighting w(t), gradient clipping and the gradient-injection
 loss live here; a rule says which conditions it asks the predictor for (`asked`, per batch
 of cameras) and how their predictions combine into the noise estimate (`combine`). So the reference
-teacher, the pocket world and Stable Diffusion are judged by exactly the same rule.
+teacher, the pocket world and Stable Diffusion are judged by exactly the same rule. A rule
+whose gradient is not `eps_hat - noise` (NFSD, CSD, VSD) says what w(t) multiplies instead
+(`residual`), and one that rescales the whole gradient (CSD's normalisation) does so in `finish`.
 """
 from __future__ import annotations
 
@@ -80,6 +82,15 @@ class ScoreDistillation:
         """The noise estimate eps_hat from {condition name: eps}."""
         raise NotImplementedError
 
+    def residual(self, predictions: dict[str, torch.Tensor], noise: torch.Tensor, z_t: torch.Tensor,
+                 t: torch.Tensor, views: ViewBatch, step: int, total_steps: int) -> torch.Tensor:
+        """What w(t) multiplies into the gradient on z: SDS's eps_hat - noise."""
+        return self.combine(predictions, views) - noise
+
+    def finish(self, grad: torch.Tensor, step: int, total_steps: int) -> torch.Tensor:
+        """The gradient after weighting and clipping, as the loss injects it (a rule may rescale it)."""
+        return grad
+
     def clip_at(self, step: int, total_steps: int) -> float | None:
         """The element-wise gradient clamp at this step (guidance.grad_clip; None: none)."""
         return schedule_value(self.settings.grad_clip, step)
@@ -118,12 +129,14 @@ class ScoreDistillation:
             missing = [condition_name(c) for c in asked if condition_name(c) not in predictions]
             if missing:
                 raise RuntimeError(f"guidance: the predictor gave no prediction for {missing}")
-            eps_hat = self.combine({name: eps.to(z.dtype) for name, eps in predictions.items()}, views)
-            grad = self.weight(t).view(-1, 1, 1, 1).to(z.dtype) * (eps_hat - noise)
+            predictions = {name: eps.to(z.dtype) for name, eps in predictions.items()}
+            residual = self.residual(predictions, noise, z_t, t, views, step, total_steps)
+            grad = self.weight(t).view(-1, 1, 1, 1).to(z.dtype) * residual
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             clip = self.clip_at(step, total_steps)
             if clip is not None:
                 grad = grad.clamp(-clip, clip)
+            grad = self.finish(grad, step, total_steps)
         return grad, t
 
     def __call__(self, images: torch.Tensor, views: ViewBatch, step: int, total_steps: int,

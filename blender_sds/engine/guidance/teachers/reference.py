@@ -80,7 +80,9 @@ class ReferencePredictor(NoisePredictor):
         out = {}
         if "prompt" in names:
             out["prompt"] = epsilon(z_t, self.composite(views.view_index, views.background), a)
-        if "uncond" in names:
+        unconditional = [name for name in ("uncond", "null") if name in names]  # it has no prompt: one and the same
+        if unconditional:
             bg = views.background if views.background is not None else torch.ones(z_t.shape[0], 3)
-            out["uncond"] = epsilon(z_t, posterior_mean(z_t, a, self.data, bg.to(self.device, z_t.dtype)), a)
+            eps = epsilon(z_t, posterior_mean(z_t, a, self.data, bg.to(self.device, z_t.dtype)), a)
+            out.update({name: eps for name in unconditional})
         return out
