@@ -17,6 +17,19 @@ ARTICLES = ("a", "an", "the", "one")
 MARK_ARTICLES = ("a", "an", "the")
 
 
+# Style name -> the phrases that ask for it (lower case, single spaces). Order is the order the
+# world applies them in (engine/pocket/styles.py), whatever order the prompt lists them in.
+STYLES: dict[str, tuple[str, ...]] = {
+    "blurry": ("blurry", "blurred", "blur", "out of focus", "low-resolution", "low resolution", "lowres"),
+    "oversaturated": ("oversaturated", "oversaturated color", "oversaturated colour", "oversaturated colors",
+                      "oversaturated colours", "oversaturation", "saturated"),
+    "dull": ("dull", "low contrast", "low-contrast", "washed out"),
+    "dark": ("dark", "gloomy", "underexposed"),
+    "noisy": ("noisy", "noise", "grainy"),
+}
+STYLE_OF: dict[str, str] = {phrase: name for name, phrases in STYLES.items() for phrase in phrases}
+
+
 class PocketPromptError(ValueError):
     """A prompt outside the world's words; `problem` is the reason without the key in front."""
 
@@ -81,3 +94,51 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
     """(body colour, shape) of a plain or marked prompt: 'a red cube' -> ('red', 'cube')."""
     colour, shape, _ = parse_object(prompt)
     return colour, shape
+
+
+class PocketNegative(NamedTuple):
+    """What a negative prompt asks the pocket world for: one object, or the world in some styles."""
+
+    object: PocketObject | None = None  # "a blue sphere": that object's images
+    styles: tuple[str, ...] = ()  # names of STYLES, in STYLES order: the world's images so degraded
+    ignored: tuple[str, ...] = ()  # phrases beside the styles the world has no picture of ("ugly")
+
+
+def _phrase(text: str) -> str:
+    return " ".join(re.sub(r"[.!]+$", "", text.strip().lower()).split())
+
+
+def parse_negative(negative: str) -> PocketNegative:
+    """'a blue sphere' -> that object; 'blurry, ugly, dark' -> styles ('blurry', 'dark'), 'ugly' ignored;
+    '' -> nothing (the world's own data answer). Raises PocketPromptError (key negative_prompt) for a
+    list with an object in it, or with no style the world knows."""
+    if not isinstance(negative, str):
+        raise PocketPromptError(f"the pocket world needs a text negative prompt, got {negative!r}", "negative_prompt")
+    if not negative.strip():
+        return PocketNegative()
+    try:
+        return PocketNegative(object=parse_object(negative))
+    except PocketPromptError as error:
+        words = _words(negative)
+        if "," not in negative and len(words) >= 2 and words[0] in COLOUR_NAMES and words[1] in SHAPE_NAMES:
+            raise PocketPromptError(error.problem, "negative_prompt") from None  # an object, misspelt after its shape
+    echo = negative if len(negative) <= 30 else negative[:27] + "..."  # messages stay one short line
+    styles, ignored = set(), []
+    for phrase in filter(None, (_phrase(p) for p in negative.split(","))):
+        if phrase in STYLE_OF:
+            styles.add(STYLE_OF[phrase])
+            continue
+        try:
+            parse_object(phrase)
+        except PocketPromptError:
+            ignored.append(phrase)
+            continue
+        raise PocketPromptError(f"{echo!r} lists the object {phrase!r} among other phrases; the pocket world's "
+                                f"negative is one object (e.g. \"a blue sphere\") or a list of styles, not both",
+                                "negative_prompt")
+    if not styles:
+        raise PocketPromptError(
+            f"{echo!r} is not in the pocket world: its negative is styles ({', '.join(STYLES)}; others are ignored "
+            f"beside one) or one \"a <colour> <shape>\" ({', '.join(COLOUR_NAMES)}; {', '.join(SHAPE_NAMES)})",
+            "negative_prompt")
+    return PocketNegative(styles=tuple(name for name in STYLES if name in styles), ignored=tuple(ignored))

@@ -63,7 +63,9 @@ def prompt_not_drawable(job: dict, key: str | None) -> bool:
     name = guidance.get("kind") if isinstance(guidance, dict) else None
     if key not in ("prompt", "negative_prompt") or name not in kinds.kind_names():
         return False
-    check, text = kinds.kind(name).check_prompt, job.get(key, "")
+    spec = kinds.kind(name)
+    check = (spec.check_negative or spec.check_prompt) if key == "negative_prompt" else spec.check_prompt
+    text = job.get(key, "")
     return check is not None and isinstance(text, str) and bool(text.strip()) and check(text) is not None
 
 

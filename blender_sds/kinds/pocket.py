@@ -6,7 +6,7 @@ its presets are sized so "standard" makes an asset in under 2 minutes on a 2-cor
 """
 from __future__ import annotations
 
-from ..pocket_words import PocketPromptError, parse_prompt
+from ..pocket_words import PocketPromptError, parse_negative, parse_prompt
 from . import KindSpec, register_kind
 
 PRESETS: dict[str, dict] = {
@@ -34,6 +34,15 @@ def prompt_problem(prompt: str) -> str | None:
     return None
 
 
+def negative_problem(negative: str) -> str | None:
+    """Why the offline world cannot draw a negative prompt (one object, or a list of styles), or None."""
+    try:
+        parse_negative(negative)
+    except PocketPromptError as error:
+        return error.problem
+    return None
+
+
 # The camera-blind teacher's front bias: the share of a marked object's data taken from the
 # front (the front view's azimuths, within 45 degrees of -Y). A text-to-image model learned
 # from photos, and photos of things with a front (faces, logos, products) mostly show it:
@@ -50,4 +59,5 @@ SAMPLING_SCALE = 7.5
 SPEC = register_kind(KindSpec(
     name="pocket", predictor="blender_sds.engine.guidance.teachers.pocket:PocketPredictor", scale=20.0,
     model="optional", pose_matched=True, opaque=OPAQUE, target_jitter=TARGET_JITTER, presets=PRESETS,
-    check_prompt=prompt_problem, front_bias=FRONT_BIAS, sampling_scale=SAMPLING_SCALE))
+    check_prompt=prompt_problem, check_negative=negative_problem, front_bias=FRONT_BIAS,
+    sampling_scale=SAMPLING_SCALE))

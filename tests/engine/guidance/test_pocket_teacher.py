@@ -170,8 +170,9 @@ def test_negative_prompt_replaces_the_unconditional_data():
     assert torch.equal(g.uncond.colour, expected.colour)
     blue = g.uncond.colour.view(24, 3, -1).sum(-1)
     assert (blue[:, 2] > blue[:, 0]).all()
-    with pytest.raises(ValueError, match=r"^negative_prompt: 'blurry' is not in the pocket world"):
-        PocketPredictor(guidance_settings(tiny_job(negative_prompt="blurry")), "cpu", cond_views=24, world_views=2)
+    with pytest.raises(ValueError, match=r"^negative_prompt: 'a ceramic teapot' is not in the pocket world"):
+        PocketPredictor(guidance_settings(tiny_job(negative_prompt="a ceramic teapot")), "cpu", cond_views=24,
+                        world_views=2)
 
 
 def test_prompt_outside_the_world_is_refused_with_the_vocabulary():

@@ -3,9 +3,11 @@
 Its denoiser is the posterior mean of a finite data set (closed_form.py): a real diffusion
 model of that data that needs no training and, like SDS's 2D judge, sees flat images, not 3D. The
 conditional data are renders of the prompt's object (by view direction when prompting is
-view-dependent); the unconditional data span the whole world (the prompt's own renders
-among them), or are the negative prompt's object. Noise, timesteps, weighting and CFG are
-the rule's (rules/).
+view-dependent); the unconditional data ("uncond") span the whole world (the prompt's own
+renders among them), or are the negative prompt's object, or, for a negative of styles
+("blurry, dull, dark"), the world's data in those styles (pocket/styles.py). "null", the empty
+prompt whatever the negative (NFSD and CSD weigh both), is always the plain world's data.
+Noise, timesteps, weighting and CFG are the rule's (rules/).
 
 Framing: the data's cameras vary in distance and field of view, so the same object appears
 at sizes 2.6x apart. A camera-blind closed-form teacher then leaves the object's size free
@@ -32,8 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ....pocket_words import parse_object
-from ...pocket import dataset, posed, world
+from ....pocket_words import PocketPromptError, parse_negative, parse_object
+from ...pocket import dataset, posed, styles, world
 from ...pocket.dataset import ViewSet
 from ...scene.directions import DIRECTIONS, direction_index
 from ...scene.views import ViewBatch
@@ -75,13 +77,12 @@ class PocketPredictor(NoisePredictor):
         self.view_dependent = settings.view_dependent
         self.pose_matched = settings.pose_matched
         r = self.resolution
-        negative = settings.negative_prompt.strip()
-        self.negative = None
-        if negative:
-            try:
-                self.negative = world.prompt_for(*parse_object(negative))
-            except world.PocketPromptError as error:
-                raise ValueError(f"negative_prompt: {error.problem}") from None
+        try:
+            negative = parse_negative(settings.negative_prompt)
+        except PocketPromptError as error:
+            raise ValueError(f"negative_prompt: {error.problem}") from None
+        self.negative = None if negative.object is None else world.prompt_for(*negative.object)  # an object's words
+        self.styles = negative.styles  # or the world's own data in these styles
         if self.pose_matched:  # data are rendered per judged camera (posed.py); nothing to cache
             self.pose_generator = torch.Generator().manual_seed(dataset.seed_of("posed", settings.seed))
             return
@@ -92,11 +93,26 @@ class PocketPredictor(NoisePredictor):
         self.cond = dataset.object_views(self.object, r, cond_views, 0, supersample,
                                          front_bias=front_bias).to(self.device)
         self.buckets = F.one_hot(self.cond.direction, len(DIRECTIONS)).float()  # (N,4) each datum's direction
+        self.world_args = (r, world_views, supersample)
         if self.negative:
             self.uncond = dataset.object_views(self.negative, r, cond_views, 1, supersample).to(self.device)
+            self._null = None  # the world's data, made when a rule first asks for "null"
         else:
-            self.uncond = dataset.unconditional_views(self.cond, dataset.world_views(r, world_views, 0, supersample)
-                                                      .to(self.device))
+            self._null = self.world_data()
+            self.uncond = styles.restyled(self._null, self.styles)
+
+    def world_data(self) -> ViewSet:
+        """The camera-blind data of the empty prompt: the whole world, the prompt's own views among them."""
+        r, world_views, supersample = self.world_args
+        return dataset.unconditional_views(self.cond, dataset.world_views(r, world_views, 0, supersample)
+                                           .to(self.device))
+
+    @property
+    def null(self) -> ViewSet:
+        """The camera-blind "null" data: the world's (the very "uncond" set when there is no negative)."""
+        if self._null is None:
+            self._null = self.world_data()
+        return self._null
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.resolution, self.resolution):
@@ -123,9 +139,11 @@ class PocketPredictor(NoisePredictor):
         return framing_mask(self.cond.framing, self.judged_framing(views), self.direction_mask(views),
                             FRAMING_MINIMUM[0])
 
-    def uncond_mask(self, views: ViewBatch) -> torch.Tensor:
-        allowed = torch.ones(views.size, len(self.uncond), dtype=torch.bool, device=self.device)
-        return framing_mask(self.uncond.framing, self.judged_framing(views), allowed, FRAMING_MINIMUM[1])
+    def uncond_mask(self, views: ViewBatch, data: ViewSet | None = None) -> torch.Tensor:
+        """The unconditional data (`data`: another unconditional set, e.g. the null's) framed like each image."""
+        data = self.uncond if data is None else data
+        allowed = torch.ones(views.size, len(data), dtype=torch.bool, device=self.device)
+        return framing_mask(data.framing, self.judged_framing(views), allowed, FRAMING_MINIMUM[1])
 
     def blend_weights(self, blend: Blend, views: ViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask, log weights) (B,N) over the conditional data: each direction bucket's data share its
@@ -141,34 +159,57 @@ class PocketPredictor(NoisePredictor):
 
     def posed_data(self, views: ViewBatch) -> tuple[ViewSet, torch.Tensor, ViewSet, torch.Tensor]:
         """(cond, cond_mask, uncond, uncond_mask) rendered at the judged cameras (`guidance.pose_matched`)."""
+        sets = self.posed_sets(views)
+        return (*sets["prompt"], *sets["uncond"])
+
+    def posed_sets(self, views: ViewBatch, null: bool = False) -> dict[str, tuple[ViewSet, torch.Tensor]]:
+        """{"prompt", "uncond" and, when `null`, "null": (data, mask)} rendered at the judged cameras
+        (`guidance.pose_matched`). The prompt's and the negative's (or world's) data are drawn first
+        and always, so the data's random stream is the same whatever a rule asks; only a rule that
+        asks for "null" beside an object negative draws the world after them."""
         orbit = posed.judged_orbit(views, self.center, self.bounds_size)
         g = self.pose_generator
-        cond, owner = posed.object_views(self.object, orbit, self.resolution, g)
+
+        def placed(drawn):
+            data, owner = drawn
+            return data.to(self.device), posed.owner_mask(owner, views.size, self.device)
+
+        out = {"prompt": placed(posed.object_views(self.object, orbit, self.resolution, g))}
         if self.negative:
-            uncond, u_owner = posed.object_views(self.negative, orbit, self.resolution, g)
+            out["uncond"] = placed(posed.object_views(self.negative, orbit, self.resolution, g))
+            if null:
+                out["null"] = placed(posed.world_views(orbit, self.resolution, g))
         else:
-            uncond, u_owner = posed.world_views(orbit, self.resolution, g)
-        return (cond.to(self.device), posed.owner_mask(owner, views.size, self.device),
-                uncond.to(self.device), posed.owner_mask(u_owner, views.size, self.device))
+            world_data, mask = placed(posed.world_views(orbit, self.resolution, g))
+            out["null"] = (world_data, mask)
+            out["uncond"] = (styles.restyled(world_data, self.styles), mask)
+        return out
 
     def predict(self, z_t, t, views, names):
         self.require_known(names)
         a = self.alphas_cumprod[t]
         bg = views.background if views.background is not None else torch.ones(z_t.shape[0], 3)
         bg = bg.to(self.device, z_t.dtype)
-        if self.pose_matched:  # both sets are drawn whatever is asked: the data's random stream stays one
-            cond, cond_mask, uncond, uncond_mask = self.posed_data(views)
-            data = {"prompt": (cond, cond_mask), "uncond": (uncond, uncond_mask)}
+        asks_null = any(condition_name(c) == "null" for c in names)
+        if self.pose_matched:  # pose-matched data are all at the judged camera: a blend of directions is the prompt
+            data = self.posed_sets(views, null=asks_null)
         else:
             data = {"prompt": (self.cond, None), "uncond": (self.uncond, None)}
-        out = {}
+            if asks_null:
+                data["null"] = (self.null, None)
+        out, done = {}, {}
         for condition in names:
             name, log_w = condition_name(condition), None
-            # Pose-matched data are all at the judged camera: a blend of directions is the prompt.
-            images, mask = data["uncond" if name == "uncond" else "prompt"]
+            branch = name if name in ("uncond", "null") else "prompt"
+            images, mask = data[branch]
+            if branch != "prompt" and id(images) in done:  # no negative: "null" and "uncond" are one set
+                out[name] = done[id(images)]
+                continue
             if mask is None and isinstance(condition, Blend):
                 mask, log_w = self.blend_weights(condition, views)
             elif mask is None:
-                mask = self.uncond_mask(views) if name == "uncond" else self.cond_mask(views)
+                mask = self.cond_mask(views) if branch == "prompt" else self.uncond_mask(views, images)
             out[name] = epsilon(z_t, posterior_mean(z_t, a, images, bg, mask, log_w), a)
+            if branch != "prompt":
+                done[id(images)] = out[name]
         return out
