@@ -114,7 +114,7 @@ def cmd_serve(args) -> int:
     return serve.main(args)
 
 
-BENCHMARKS = ("quality", "janus", "blockout", "smoothing", "speed", "mesh", "hashgrid")  # modules of engine/bench that print figures
+BENCHMARKS = ("quality", "janus", "saturation", "blockout", "smoothing", "speed", "mesh", "hashgrid", "cfg")  # modules of engine/bench that print figures
 
 
 def cmd_bench(args, rest: list[str]) -> int:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from .service.serve import add_arguments as serve_arguments
     serve_arguments(sub.add_parser("serve", help="speak the add-on protocol over TCP (a remote worker)",
                                    allow_abbrev=False))  # "--token SECRET" must not pass for --token-file
-    bench = sub.add_parser("bench", help="print figures: bench quality|speed|mesh|hashgrid [--json]")
+    bench = sub.add_parser("bench", help=f"print figures: bench {'|'.join(BENCHMARKS)} [--json]")
     bench.add_argument("name")
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":

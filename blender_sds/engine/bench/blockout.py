@@ -28,7 +28,8 @@ from ...pocket_words import COLOUR_NAMES
 from ...results import MESH_FILE
 from ..pocket import metrics
 from ..pocket.blockout import rough_pyramid
-from .janus import JOBS, LAB, _list, run_all
+from .janus import LAB, _list
+from .parallel import JOBS, run_all
 from .quality import figure_text, run_one
 
 STARTS = ("blob", "0", "1", "1:linear", "10")

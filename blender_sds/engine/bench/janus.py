@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from ... import kinds
 from ...job import JobError, merge_overrides, validate_job
 from ...results import LOG_FILE, MESH_FILE
 from ..pocket import janus, metrics, world
+from .parallel import JOBS, run_all
 from .quality import figure_text, run_one, summarise
 
 # Four shapes and four body colours, each mark a contrasting colour; two plain objects.
@@ -39,9 +37,6 @@ PRESET = "draft"
 # Over the draft preset's 400: a mark is the last thing a run settles (at 400 steps the purple
 # pyramid's yellow front was still forming on one seed of five, and kept at 500 and 600).
 STEPS = 500
-# Assets at a time, each process on its share of the cores: a 32 px asset keeps one core
-# busy better than two, so two at once made 1.5x the assets per minute on a 2-core CPU.
-JOBS = min(2, os.cpu_count() or 1)
 # The lab: the camera-blind teacher (pose-matched data would tell the judge every camera,
 # which is exactly what removes Janus).
 LAB = {"guidance": {"kind": "pocket", "pose_matched": False}}
@@ -136,33 +131,6 @@ def judge_one(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
     return result
 
 
-def _one_process_share(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
-
-
-def run_all(work: list[tuple[dict, Path]], args: argparse.Namespace, report, judge=judge_one) -> list[dict]:
-    """`judge` (a module-level function, for the worker processes) every (job, out_dir),
-    `args.jobs` at a time; results in the order given, each reported as it finishes."""
-    if args.jobs == 1 or len(work) == 1:
-        results = []
-        for i, (job, out_dir) in enumerate(work):
-            results.append(judge(job, args, out_dir))
-            report(i, results[-1])
-        return results
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    results: list[dict | None] = [None] * len(work)
-    # spawn: a forked child would inherit torch's thread pool and locks mid-state.
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_process_share, initargs=(threads,)) as pool:
-        pending = {pool.submit(judge, job, args, out_dir): i for i, (job, out_dir) in enumerate(work)}
-        for future in as_completed(pending):
-            i = pending[future]
-            results[i] = future.result()
-            report(i, results[i])
-    return results
-
-
 def method_summary(results: list[dict]) -> dict:
     marked = [r for r in results if "janus" in r]
     plain = [r for r in results if "janus" not in r]
@@ -224,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.out) if args.out else Path(tmp)
         work = [(job, root / method / f"{i:03d}_{seed}_{prompt.replace(' ', '_')}")
                 for i, (method, prompt, seed, job) in enumerate(plan)]
-        done = run_all(work, args, lambda i, r: print(_asset_row(plan[i][0], r), file=report, flush=True))
+        done = run_all(work, args, lambda i, r: print(_asset_row(plan[i][0], r), file=report, flush=True),
+                       judge=judge_one)
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for (method, *_), result in zip(plan, done):
         results[method].append(result)

@@ -4,7 +4,10 @@ An iteration can be no cheaper than its judge: the UNet's classifier-free pair p
 VAE encoder's forward and backward at the size the preset feeds it. This benchmark times
 that floor ("bare guidance") and the engine's real training step (`Run.train_step`, the
 loop users run) on the same model, and prints their ratio, the step's phases, throughput,
-the projected time per asset and peak memory.
+the projected time per asset and peak memory. Then each score-distillation method's step
+(`--methods`, the registry's guidance keys: NFSD and CSD ask three predictions, VSD trains
+its estimator too) on the same model and preset, with its ratio to plain SDS's step timed
+in the same command: what a method costs beside SDS.
 
 The default model is Stable Diffusion 2.1-base's published architecture with random
 weights, built from its configs (models.py): the same layers and shapes, so the
@@ -15,7 +18,7 @@ of the same family for smoke runs; `--model PATH` times a real model folder or f
     python -m blender_sds.engine bench speed [--preset draft|standard|high|all ...]
         [--model sd21-shape|tiny|PATH] [--device auto|cpu|cuda] [--iterations N] [--warmup N]
         [--low-vram] [--dtype auto|float16|float32] [--compile] [--hash-grid auto|torch|triton]
-        [--cuda-graphs on|off] [--cache DIR] [--prepare] [--json]
+        [--cuda-graphs on|off] [--methods sds,nfsd,csd,vsd,esd|none] [--cache DIR] [--prepare] [--json]
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ... import kinds
 from . import models, profiling
 from ..scene.field import encode_backend
 from ..guidance.predictors import cuda_graphs
@@ -39,6 +43,8 @@ SHAPES = {"sd21-shape": models.SD21_BASE, "tiny": models.TINY}
 FORMAT = 1  # bump when the configs in models.py change, so a cached folder is rebuilt
 PRESET_NAMES = ("draft", "standard", "high")
 GUIDANCE_PHASES = ("vae_encode", "unet", "guidance_rest", "backward_guidance")  # what bare guidance does
+BASELINE = "sds"  # the method every other method's step is a multiple of
+METHODS = (BASELINE, "nfsd", "csd", "vsd", "esd")
 
 
 def build_model_folder(folder: Path, shape: str, seed: int = 0) -> Path:
@@ -92,10 +98,12 @@ def resolve_model(model: str, cache: Path | None, workdir: Path) -> tuple[str, s
 
 # -- one preset ---------------------------------------------------------------------------------
 
-def bench_job(model: str, preset: str, *, low_vram: bool, dtype: str, graphs: bool = True) -> dict:
-    from ...job import validate_job
+def bench_job(model: str, preset: str, *, low_vram: bool, dtype: str, graphs: bool = True,
+              guidance: dict | None = None) -> dict:
+    """The timed job; `guidance`: a method's keys over it (none: the default method's)."""
+    from ...job import merge_overrides, validate_job
 
-    return validate_job({
+    return validate_job(merge_overrides({
         "version": 1, "prompt": "a ceramic teapot", "seed": 0, "preset": preset,
         "bounds": {"center": [0.0, 0.0, 0.0], "size": 2.0},
         "guidance": {"kind": "stable-diffusion", "model": model, "low_vram": low_vram, "dtype": dtype,
@@ -103,7 +111,7 @@ def bench_job(model: str, preset: str, *, low_vram: bool, dtype: str, graphs: bo
         "cameras": {"mode": "orbit"},
         # Past the albedo warm-up, as 80% of a run is: lit and textureless steps evaluate normals.
         "optim": {"albedo_steps": 0},
-    })
+    }, {"guidance": dict(guidance or {})}))
 
 
 def bare_guidance_call(run, views):
@@ -261,6 +269,82 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
     return figures
 
 
+# -- each method's step beside SDS's ---------------------------------------------------------------
+
+def host_rss_mb() -> float | None:
+    """The process's resident set now (Linux VmRSS), in MiB; None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+class MethodRun:
+    """One method's `Run` on the preset's job (its rule and any trained estimator included) and
+    what it holds: peak GPU memory allocated and peak host RSS from its loading through its
+    warm-up, above what the process held before it was built."""
+
+    def __init__(self, model: str, preset: str, method: str, device: torch.device, args, out: Path):
+        from ..train.run import Run
+
+        self.device = device
+        self.job = bench_job(model, preset, low_vram=args.low_vram, dtype=args.dtype,
+                             graphs=args.cuda_graphs == "on" and not args.compile,
+                             guidance=kinds.method(method).guidance)
+        gpu_before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        rss_before = host_rss_mb()
+        windowed = profiling.reset_peak_host_rss()
+        profiling.reset_peak_gpu(device)
+        self.run = Run(self.job, out, device)
+        self.run.field.encoding.backend = args.hash_grid
+        self.total = int(self.job["steps"])
+        for _ in range(args.warmup + 1):  # and one more: the step whose figures say its predictions
+            self.run.train_step(self.total)
+        self.predictions = float(self.run.last_figures["predictions"])
+        gpu_peak, rss_peak = profiling.peak_gpu_mb(device)["allocated"], profiling.peak_host_rss_mb()
+        self.peak_gpu_mb = None if gpu_peak is None else gpu_peak - gpu_before
+        self.peak_host_rss_mb = rss_peak - rss_before if windowed and None not in (rss_peak, rss_before) else None
+
+    def step_ms(self) -> float:
+        return profiling.time_calls(lambda: self.run.train_step(self.total), self.device, 1, 0)[0]
+
+    def row(self, ms: list[float], ratios: list[float]) -> dict:
+        return {"rule": self.job["guidance"]["rule"], "ms_per_iteration": profiling.median(ms),
+                "ratio_to_sds": profiling.median(ratios), "predictions_per_step": self.predictions,
+                "peak_gpu_mb": self.peak_gpu_mb, "peak_host_rss_mb": self.peak_host_rss_mb}
+
+
+def measure_methods(model: str, preset: str, device: torch.device, args) -> dict:
+    """Each of `args.methods` (SDS first) timed step for step against one SDS run kept loaded beside
+    it: `args.iterations` pairs, each method step right after an SDS step, so a shared machine's
+    changing load falls on both alike. ratio_to_sds is the median of the pairs' ratios; at most two
+    models are in memory at once."""
+    with tempfile.TemporaryDirectory(prefix="bench-speed-methods-") as out:
+        sds = MethodRun(model, preset, BASELINE, device, args, Path(out) / BASELINE)
+        sds_ms: list[float] = []
+        rows = {}
+        for name in args.methods:
+            if name == BASELINE:
+                continue
+            other = MethodRun(model, preset, name, device, args, Path(out) / name)
+            pairs = [(sds.step_ms(), other.step_ms()) for _ in range(args.iterations)]
+            sds_ms += [a for a, _ in pairs]
+            rows[name] = other.row([b for _, b in pairs], [b / a for a, b in pairs if a > 0])
+            del other
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if not sds_ms:  # SDS alone was asked for
+            sds_ms = [sds.step_ms() for _ in range(args.iterations)]
+        rows = {BASELINE: sds.row(sds_ms, [1.0]), **rows}
+        del sds
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 def parse(argv):
@@ -284,6 +368,9 @@ def parse(argv):
     parser.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
                         help="guidance.cuda_graphs: replay the judge from CUDA graphs (default on, as jobs; "
                              "only on CUDA without --low-vram)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated methods whose step is timed beside {BASELINE}'s (registry: "
+                             f"{', '.join(kinds.method_names())}; default {','.join(METHODS)}; 'none' for none)")
     parser.add_argument("--prepare", action="store_true",
                         help="only build (or find) the model and print its folder; time nothing")
     parser.add_argument("--cache", default=None, help="where the sd21-shape model is built (default "
@@ -297,6 +384,15 @@ def parse(argv):
         value = getattr(args, name)
         if value is not None and value < (1 if name == "iterations" else 0):
             parser.error(f"--{name} must be >= {1 if name == 'iterations' else 0}, got {value}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods == ["none"]:
+        args.methods = []
+    else:
+        unknown = [m for m in methods if m not in kinds.method_names()]
+        if unknown or not methods:
+            parser.error(f"--methods: unknown {', '.join(map(repr, unknown)) or 'none given'}; methods: "
+                         f"{', '.join(kinds.method_names())}, or 'none'")
+        args.methods = list(dict.fromkeys([BASELINE, *methods]))  # the ratios' denominator, measured first
     return args
 
 
@@ -327,6 +423,16 @@ def report_text(result: dict) -> str:
             f"{f['host_reads_per_iteration']['aten_ops']} aten ops",
             f"  peak GPU memory {gpu}; peak host RSS {f['peak_host_rss_mb']:.0f} MB",
         ]
+        if f.get("methods"):
+            lines.append("  each method's step beside SDS's, pair by pair (peak memory: its own, above what "
+                         "was held before it loaded)")
+            lines.append(f"  {'method':<8} {'rule':<8} {'ms/step':>9} {'x sds':>6} {'preds':>6} {'peak GPU MB':>12} "
+                         f"{'peak RSS MB':>12}")
+            for method, m in f["methods"].items():
+                gpu_mb = "n/a" if m["peak_gpu_mb"] is None else f"{m['peak_gpu_mb']:.0f}"
+                rss_mb = "n/a" if m["peak_host_rss_mb"] is None else f"{m['peak_host_rss_mb']:.0f}"
+                lines.append(f"  {method:<8} {m['rule']:<8} {m['ms_per_iteration']:9.1f} {m['ratio_to_sds']:6.2f} "
+                             f"{m['predictions_per_step']:6.0f} {gpu_mb:>12} {rss_mb:>12}")
     return "\n".join(lines)
 
 
@@ -353,6 +459,8 @@ def main(argv=None) -> int:
                 print(json.dumps({"model": model, "label": label}) if args.json else model)
                 return 0
             results = {name: measure_preset(model, name, device, args) for name in presets}
+            for name in presets:
+                results[name]["methods"] = measure_methods(model, name, device, args) if args.methods else {}
         except (ModelSourceError, JobError) as exc:
             print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2

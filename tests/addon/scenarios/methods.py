@@ -51,6 +51,8 @@ def run(args):
     s.method = "perp-neg"
     out["overridden"] = exported("overridden", {"guidance": {"rule": "debiased"}})
     out["clash"] = exported("clash", {"guidance": {"view_dependent": False}})
+    s.method = "esd"  # a method with a nested key: an override of one of its keys keeps the rest
+    out["nested"] = exported("nested", {"guidance": {"estimator": {"lr": 0.002}}})
     s.job_overrides = json.dumps(args["overrides"])
 
     out["runs"] = {}

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from blender_sds import kinds
 from blender_sds.engine.scene import field as field_module
-from blender_sds.engine.bench import profiling
+from blender_sds.engine.bench import profiling, speed
 from blender_sds.engine.scene.field import Field, FieldConfig, HashGrid
 from blender_sds.job import validate_job
 from blender_sds.engine.bench.tiny_models import make_tiny_sd
@@ -37,7 +38,7 @@ def positive(x) -> bool:
 
 def test_bench_speed_cli_reports_the_iteration_against_bare_guidance():
     out = engine("bench", "speed", "--model", "tiny", "--preset", "draft", "--iterations", "2", "--warmup", "1",
-                 "--cuda-graphs", "off", "--hash-grid", "torch", "--json")
+                 "--cuda-graphs", "off", "--hash-grid", "torch", "--methods", "nfsd,esd", "--json")
     assert out["device"] == "cpu" and out["preset"] == "draft"
     draft = out["presets"]["draft"]
     for key in ("ms_per_iteration", "ms_bare_guidance", "overhead_ratio", "peak_gpu_mb"):
@@ -60,6 +61,36 @@ def test_bench_speed_cli_reports_the_iteration_against_bare_guidance():
     assert draft["host_reads_per_iteration"]["item"] == 0
     assert draft["hash_grid"] == "torch" and draft["cuda_graphs"] is False and draft["cuda_graphs_check"] is None
     assert out["commit"] and out["command"].startswith("python -m blender_sds.engine bench speed")
+
+    # Each method's step beside SDS's (measured first, as every ratio's denominator), on the same model.
+    methods = draft["methods"]
+    assert list(methods) == ["sds", "nfsd", "esd"] and out["methods"] == methods
+    for name, row in methods.items():
+        assert row["rule"] == kinds.method(name).guidance["rule"], name
+        assert row["predictions_per_step"] == METHOD_PREDICTIONS[name], (name, row)
+        assert positive(row["ms_per_iteration"]) and positive(row["ratio_to_sds"]), (name, row)
+        assert row["peak_gpu_mb"] is None and row["peak_host_rss_mb"] >= 0, (name, row)
+    assert methods["sds"]["ratio_to_sds"] == 1.0
+
+
+# The judge's evaluations a step (rules/): CFG's pair; NFSD adds the empty prompt beside its published
+# negative; ESD adds its estimator's camera and camera-free passes and its training pass.
+METHOD_PREDICTIONS = {"sds": 2, "nfsd": 3, "esd": 5}
+
+
+@pytest.mark.parametrize("methods, expected", [("nfsd,esd", ["sds", "nfsd", "esd"]), ("esd,sds,esd", ["sds", "esd"]),
+                                               ("none", [])])
+def test_bench_speed_times_sds_first_beside_the_methods_asked_for(methods, expected):
+    assert speed.parse(["--methods", methods]).methods == expected
+    assert speed.parse([]).methods == list(speed.METHODS) == ["sds", "nfsd", "csd", "vsd", "esd"]
+
+
+def test_bench_speed_refuses_an_unknown_method_with_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        speed.parse(["--methods", "nfsd,magic"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--methods: unknown 'magic'" in err
+    assert all(name in err for name in kinds.method_names())
 
 
 def test_bench_mesh_cli_meshes_a_fitted_field():

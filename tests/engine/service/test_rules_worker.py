@@ -1,8 +1,10 @@
 """Every score-distillation rule through the real worker subprocess, on the tiny Stable
-Diffusion model: one worker takes the three jobs one after another (the protocol allows
+Diffusion model: one worker takes the jobs one after another (the protocol allows
 several runs in one conversation), each ends with a mesh, and the run's log says how many
 predictions each step asked the judge for (2 for sds and debiased at a scale other than 1,
-4 for perp-neg with no overhead camera: none of its negative weights is then exactly zero)."""
+4 for perp-neg with no overhead camera: none of its negative weights is then exactly zero,
+3 for nfsd and csd (prompt, empty prompt, their negative), 4 for vsd (CFG's pair, the
+estimator's pass and its training pass))."""
 from __future__ import annotations
 
 import json
@@ -15,13 +17,17 @@ import pytest
 
 from tiny_sd_jobs import REPO, sd_job
 
-from blender_sds import protocol, results
+from blender_sds import kinds, protocol, results
 
 STEPS = 2
 # Orbit cameras below the overhead bucket (60 degrees): Perp-Neg weighs both negatives of
 # every such camera, so each of its steps asks for exactly four predictions.
 CAMERAS = {"mode": "orbit", "elevation": [0.0, 30.0]}
-EXPECTED = {"sds": 2, "perp-neg": 4, "debiased": 2}
+EXPECTED = {"sds": 2, "perp-neg": 4, "debiased": 2, "nfsd": 3, "csd": 3, "vsd": 4}
+
+
+def test_every_registered_rule_is_run():
+    assert set(EXPECTED) == set(kinds.rule_names())
 
 
 def _read(reader):
