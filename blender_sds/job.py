@@ -43,6 +43,9 @@ _GUIDANCE_KEYS = ("kind", "rule", "model", "config", "scale", "t_range", "t_sche
 # front-side, side-front, side-back and front-side-back, r the camera's place between the two.
 PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_sb": [1.0, 0.5, -0.606],
                     "f_fsb": [1.0, 0.5, 0.967]}
+# A kind with a shape_scale: under a normal-CFG rule its default scale is held until this share of
+# the run and reaches the sampling scale at the second (docs/QUALITY.md "Saturation").
+NORMAL_CFG_RAMP = (0.5, 0.8)
 # VSD's estimator (threestudio's stable_diffusion_vsd_guidance): its learning rate, LoRA rank, the
 # share of its training steps without the camera, and lambda mixing its camera-conditioned and
 # camera-free predictions (guidance_scale_lora: 1.0 VSD, 0.5 ESD).
@@ -375,9 +378,24 @@ def _model_source(value, key: str, base_dir, *, single_file: bool) -> tuple[str,
 def _grad_clip(value, key: str):
     if value is None:
         return None
+    return _ramp(value, key, "null, a number > 0, or [start_step, start_value, end_value, end_step]")
+
+
+def _scale(value, key: str):
+    """A CFG scale, or a ramp of it: a high scale while the shape forms, a low one for faithful colours."""
+    wanted = "a number > 0 and <= 1000, or [start_step, start_value, end_value, end_step]"
+    if _is_number(value):
+        return _number(value, key, gt=0, le=1000)
+    ramp = _ramp(value, key, wanted)
+    if max(ramp[1], ramp[2]) > 1000:
+        raise JobError(key, f"start_value and end_value must be <= 1000, got {_describe(value)}")
+    return ramp
+
+
+def _ramp(value, key: str, wanted: str):
+    """A number > 0, or [start_step, start_value, end_value, end_step] (held before and after)."""
     if _is_number(value):
         return _number(value, key, gt=0)
-    wanted = "null, a number > 0, or [start_step, start_value, end_value, end_step]"
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise JobError(key, f"must be {wanted}, got {_describe(value)}")
     s0, v0, v1, s1 = value
@@ -459,7 +477,7 @@ def _guidance(raw, base_dir) -> dict:
         "rule": rule,
         "model": model,
         "config": config,
-        "scale": _number(g.get("scale", scale), "guidance.scale", gt=0, le=1000),
+        "scale": _scale(g.get("scale", scale), "guidance.scale"),
         "t_range": [lo, hi],
         "t_schedule": _choice(g.get("t_schedule", "random"), "guidance.t_schedule", ("random", "anneal"),
                               "t_schedule"),
@@ -503,6 +521,16 @@ def _perp_neg(value, rule: str) -> dict | None:
     given = _object(value, "guidance.perp_neg", tuple(PERP_NEG_WEIGHTS))
     return {name: _numbers(given.get(name, default), f"guidance.perp_neg.{name}", 3)
             for name, default in PERP_NEG_WEIGHTS.items()}
+
+
+def _normal_cfg_ramp(guidance: dict, spec: kinds.KindSpec, steps: int):
+    """The default scale, as a ramp from the kind's shape_scale to its sampling_scale where it has one
+    and the rule is made for normal CFG; the default scale unchanged otherwise."""
+    if spec.shape_scale is None or not kinds.rule(guidance["rule"]).sampling_cfg:
+        return guidance["scale"]
+    start = round(NORMAL_CFG_RAMP[0] * steps)
+    end = max(round(NORMAL_CFG_RAMP[1] * steps), start + 1)
+    return [start, float(spec.shape_scale), float(spec.sampling_scale), end]
 
 
 def _estimator(value, rule: kinds.RuleSpec) -> dict | None:
@@ -704,6 +732,8 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     if steps == 0 and init["mesh"] is None:
         raise JobError("steps", "must be at least 1; 0 (fit init.mesh and stop) needs init.mesh")
 
+    if "scale" not in raw["guidance"]:
+        guidance["scale"] = _normal_cfg_ramp(guidance, spec, steps)
     bounds = _bounds(raw.get("bounds", {}))
     cameras = _cameras(raw.get("cameras", {}), spec)
     _check_cameras_see([(f"cameras.rig[{i}]", c) for i, c in enumerate(cameras["rig"])]
@@ -756,11 +786,15 @@ def load_job(path) -> dict:
 
 def with_steps(job: dict, steps: int) -> dict:
     """A normalised job re-made for another step count (`run --steps N`): the keys counted in its
-    steps (optim.albedo_steps) keep their share of the run, and the whole is validated again."""
+    steps (optim.albedo_steps, a guidance.scale ramp) keep their share of the run, and the whole is validated again."""
     raw = copy.deepcopy(job)
     steps = _int(steps, "steps", 0 if job["init"].get("mesh") else 1, 100000)
     old = max(int(job["steps"]), 1)
     raw["optim"]["albedo_steps"] = min(round(job["optim"]["albedo_steps"] * steps / old), steps)
+    scale = job["guidance"]["scale"]
+    if isinstance(scale, list):  # a ramp keeps its place in the run
+        start = round(scale[0] * steps / old)
+        raw["guidance"]["scale"] = [start, scale[1], scale[2], max(round(scale[3] * steps / old), start + 1)]
     raw["steps"] = steps
     return validate_job(raw)
 

@@ -25,7 +25,7 @@ class GuidanceSettings:
     rule: str
     model: str | None
     config: str | None
-    scale: float
+    scale: float | list  # a number, or a [start_step, start, end, end_step] ramp (rules/base.schedule_value)
     t_range: tuple[float, float]
     t_schedule: str
     weighting: str
@@ -96,7 +96,7 @@ class Settings:
         g, c, optim = job["guidance"], job["cameras"], job["optim"]
         resolution = int(job["render"]["resolution"])
         guidance = GuidanceSettings(
-            kind=g["kind"], rule=g["rule"], model=g["model"], config=g["config"], scale=float(g["scale"]),
+            kind=g["kind"], rule=g["rule"], model=g["model"], config=g["config"], scale=g["scale"],
             t_range=tuple(g["t_range"]), t_schedule=g["t_schedule"], weighting=g["weighting"],
             grad_clip=g["grad_clip"], view_dependent=bool(g["view_dependent"]), dtype=g["dtype"],
             low_vram=bool(g["low_vram"]), cuda_graphs=bool(g["cuda_graphs"]), views=g["views"],

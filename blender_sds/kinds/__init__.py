@@ -36,6 +36,10 @@ class KindSpec:
     # The CFG its images are sampled at: guidance.scale's default under a rule made for normal CFG
     # (NFSD, CSD, VSD); None: the kind's `scale` whatever the rule.
     sampling_scale: float | None = None
+    # Where a kind's normal CFG is too weak to form a shape (the pocket teacher's), such a rule's
+    # default instead holds this scale over the run's first half and ramps to sampling_scale by 80%
+    # (job.py NORMAL_CFG_RAMP); None: sampling_scale throughout.
+    shape_scale: float | None = None
 
 
 @dataclass(frozen=True)

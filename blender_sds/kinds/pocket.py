@@ -50,9 +50,13 @@ def negative_problem(negative: str) -> str | None:
 # (docs/QUALITY.md "Janus"). 0.25 is no bias (the front view is a quarter of the circle).
 FRONT_BIAS = 0.8
 
-# The teacher's "normal CFG", the rules made for it start from (NFSD, CSD, VSD): Stable
-# Diffusion's 7.5, as its default SDS scale is the pocket's counterpart of SD's 100.
-SAMPLING_SCALE = 7.5
+# The teacher's "normal CFG", the rules made for it start from (NFSD, CSD, VSD): the largest
+# scale at which its own DDIM samples keep their saturation (`bench cfg`: |dS| <= 0.05 at 1.5 over
+# four prompts, +0.21 for a green cube at 2; docs/QUALITY.md "Saturation"). SD's 7.5 means the
+# same for SD. At 1.5 alone no rule forms a cube (a sphere comes back), so those rules hold
+# SHAPE_SCALE while the shape forms and ramp down to it (kinds.KindSpec.shape_scale).
+SAMPLING_SCALE = 1.5
+SHAPE_SCALE = 7.5
 
 # Pose-matched by default: camera-blind, its memorised data cannot break a blob's symmetry
 # (docs/QUALITY.md).
@@ -60,4 +64,5 @@ SPEC = register_kind(KindSpec(
     name="pocket", predictor="blender_sds.engine.guidance.teachers.pocket:PocketPredictor", scale=20.0,
     model="optional", pose_matched=True, opaque=OPAQUE, target_jitter=TARGET_JITTER, presets=PRESETS,
     check_prompt=prompt_problem, check_negative=negative_problem, front_bias=FRONT_BIAS,
-    sampling_scale=SAMPLING_SCALE))
+    sampling_scale=SAMPLING_SCALE,
+    shape_scale=SHAPE_SCALE))

@@ -13,6 +13,7 @@ from blender_sds import kinds
 from blender_sds.engine.bench import quality as bench_quality
 from blender_sds.engine.bench import saturation as bench_saturation
 from blender_sds.engine.pocket import metrics
+from blender_sds.job import NORMAL_CFG_RAMP
 
 REPO = Path(__file__).resolve().parents[3]
 POCKET = kinds.kind("pocket")
@@ -57,7 +58,9 @@ def test_each_method_is_its_guidance_keys_on_the_pose_matched_pocket_world(metho
         elif key != "view_dependent":
             assert g[key] == value, key
     rule = kinds.rule(g["rule"])
-    assert g["scale"] == (POCKET.sampling_scale if rule.sampling_cfg else POCKET.scale)
+    # A normal-CFG rule ramps from the pocket's shape scale to its sampling scale (job.NORMAL_CFG_RAMP).
+    ramp = [round(NORMAL_CFG_RAMP[0] * 9), POCKET.shape_scale, POCKET.sampling_scale, round(NORMAL_CFG_RAMP[1] * 9)]
+    assert g["scale"] == (ramp if rule.sampling_cfg else POCKET.scale)
     assert job["negative_prompt"] == rule.negative_prompt  # the rule's published negative, as a job gets it
 
 

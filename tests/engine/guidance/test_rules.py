@@ -184,3 +184,31 @@ def test_perp_neg_needs_a_prompted_kind_and_front_bias_a_camera_blind_pocket():
     matched = validate_job({"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket", "rule": "perp-neg"}})
     assert matched["guidance"]["front_bias"] is None and validate_job(matched) == matched
     assert matched["guidance"]["perp_neg"] == PERP_NEG_WEIGHTS
+
+
+def test_a_scale_ramp_judges_each_step_at_its_own_scale(tiny_sd_folder):
+    """guidance.scale [start_step, start, end, end_step]: step k's gradient is the fixed-scale rule's
+    at the ramp's value for k (every rule reads the scale the base sets per step; NFSD through its
+    own residual)."""
+    ramp = [10, 20.0, 4.0, 30]
+    rng = torch.Generator().manual_seed(7)
+    images, noise = torch.rand(1, 3, 32, 32, generator=rng), torch.randn(1, 4, 16, 16, generator=rng)
+    t, cams = torch.tensor([600]), camera_batch([30.0], [10.0])
+    for rule in ("nfsd",):
+        ramped = build_guidance(job(tiny_sd_folder, rule=rule, scale=ramp), CPU)
+        for step, value in ((0, 20.0), (20, 12.0), (40, 4.0)):
+            fixed = build_guidance(job(tiny_sd_folder, rule=rule, scale=value), CPU)
+            got = ramped.gradient(ramped.predictor.encode(images), cams, step, 50, noise=noise, t=t)[0]
+            want = fixed.gradient(fixed.predictor.encode(images), cams, step, 50, noise=noise, t=t)[0]
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            assert ramped.scale == value
+
+
+@pytest.mark.parametrize("scale, problem", [
+    ([10, 20.0, 4.0], "start_step"), ([30, 20.0, 4.0, 10], "start_step"), ([0, 2000.0, 4.0, 10], "<= 1000"),
+    ([0, -1.0, 4.0, 10], "> 0"), ("high", "a number > 0"), (0, "> 0"),
+])
+def test_a_bad_scale_or_ramp_is_refused_by_name(tiny_sd_folder, scale, problem):
+    with pytest.raises(JobError) as caught:
+        job(tiny_sd_folder, scale=scale)
+    assert caught.value.key == "guidance.scale" and problem in caught.value.problem, caught.value.problem

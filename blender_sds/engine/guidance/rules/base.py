@@ -49,7 +49,7 @@ class ScoreDistillation:
         self.device = predictor.device
         self.alphas_cumprod = predictor.alphas_cumprod
         self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
-        self.scale = float(settings.scale)
+        self.scale = schedule_value(settings.scale, 0)  # this step's CFG scale (guidance.scale may ramp)
         lo, hi = settings.t_range
         self.min_step = int(self.num_train_timesteps * lo)
         self.max_step = int(self.num_train_timesteps * hi)
@@ -116,6 +116,7 @@ class ScoreDistillation:
                  noise: torch.Tensor | None = None, t: torch.Tensor | None = None):
         """The distillation gradient on z (no autograd), and what it was made from."""
         batch = z.shape[0]
+        self.scale = schedule_value(self.settings.scale, step)
         if t is None:
             t = self.timesteps(batch, step, total_steps)
         if noise is None:
