@@ -16,7 +16,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     echo ".venv: installing torch==2.13.0"
     quiet_pip .venv/bin/python -m pip install --quiet torch==2.13.0
 fi
-if ! .venv/bin/python -c "import blender_sds.engine, diffusers, skimage, trimesh, fast_simplification, igl, cryptography, ray, pytest, xdist, platform, importlib.util as u
+if ! .venv/bin/python -c "import blender_sds.engine, diffusers, peft, skimage, trimesh, fast_simplification, igl, cryptography, ray, pytest, xdist, platform, importlib.util as u
 assert platform.machine() != 'x86_64' or u.find_spec('triton')" 2>/dev/null; then
     echo ".venv: installing the engine and its dependencies (pinned in vendor/requirements-worker.txt)"
     grep -v '^torch==' vendor/requirements-worker.txt > .venv/constraints.txt

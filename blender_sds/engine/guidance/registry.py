@@ -9,9 +9,13 @@ from .rules.base import ScoreDistillation
 
 
 def build_predictor(settings: GuidanceSettings, device):
-    """The noise predictor of the settings' kind, on `device` (CUDA graphs where they apply)."""
+    """The noise predictor of the settings' kind, on `device` (CUDA graphs where they apply).
+
+    Not under a rule that trains an estimator (VSD): its LoRA is switched on and off inside the
+    one UNet and its camera embedding attached per pass, which a graph captured once would not
+    follow, and its estimator calls the UNet with class labels a graph does not take."""
     predictor = kinds.load(kinds.kind(settings.kind).predictor)(settings, torch.device(device))
-    if settings.cuda_graphs and predictor.graphable:
+    if settings.cuda_graphs and predictor.graphable and not kinds.rule(settings.rule).estimator:
         from .predictors import cuda_graphs
         if cuda_graphs.usable(predictor.device, predictor.low_vram):
             cuda_graphs.graph_judge(predictor)

@@ -1,0 +1,90 @@
+"""Variational score distillation (ProlificDreamer, Wang et al. 2023) and its ESD option.
+
+SDS's gradient w(t) (eps_pre - eps) subtracts the noise that was added; VSD subtracts instead
+what a model of the *current renders* predicts that noise to be, eps_phi(x_t, t, camera), a
+network trained alongside the scene (estimators/):
+
+    grad = w(t) (eps_pre - eps_phi),
+    eps_pre = eps_uncond + s (eps_prompt - eps_uncond)   (CFG at the kind's normal scale, view prompts)
+    eps_phi = eps_phi(no camera) + lambda (eps_phi(camera) - eps_phi(no camera))
+
+with lambda = guidance.estimator.camera_scale (threestudio's guidance_scale_lora: 1 VSD, only
+the camera pass is run; 0.5 ESD, Wang et al. 2024's entropic variant, both passes as one batch).
+An estimator that knew the noise exactly would give SDS back; one that models the renders
+gives the difference between the model's score and theirs, which is why VSD works at normal
+CFG where SDS needs 100.
+
+The same step trains the estimator on the detached sample z with its diffusion loss (t uniform
+over the whole schedule, fresh noise, the camera dropped with probability camera_dropout,
+threestudio's train_lora); that loss joins GuidanceOutput.loss, so the run's one backward and
+Adam step train it (its gradient reaches nothing else), and `figures["estimator_loss"]` puts
+it in the run's log. Its draws come from a generator of its own, so the rule's noise and
+timesteps are SDS's for the same seed. `figures["predictions"]` counts the judge's passes per
+image: CFG's pair, the estimator's one or two, and its training pass (one forward; its
+backward costs about two more).
+"""
+from __future__ import annotations
+
+import torch
+
+from ....job import ESTIMATOR
+from ..estimators import EstimatorPart, build_estimator, camera_vector
+from .sds import SDS
+
+TRAIN_SEED_OFFSET = 2  # the estimator's training draws: seed + 2 (the base's noise and t use seed + 1)
+
+
+class VSD(SDS):
+    def __init__(self, settings, predictor):
+        super().__init__(settings, predictor)
+        options = settings.estimator or ESTIMATOR
+        self.camera_scale = float(options["camera_scale"])
+        self.camera_dropout = float(options["camera_dropout"])
+        self.bounds = settings.bounds
+        self.estimator = build_estimator(settings, predictor, int(options["rank"]))
+        self.part = EstimatorPart(self.estimator, options["lr"])
+        self.train_generator = torch.Generator(device=self.device).manual_seed(int(settings.seed) + TRAIN_SEED_OFFSET)
+        self.judged = None
+
+    def trained_parts(self) -> list:
+        return [self.part]
+
+    # -- the gradient ------------------------------------------------------------------------
+    def estimate(self, z_t: torch.Tensor, t: torch.Tensor, views) -> torch.Tensor:
+        """eps_phi at (z_t, t): the camera pass, the camera-free one, or both mixed by lambda."""
+        camera = camera_vector(views, self.bounds).to(z_t.device)
+        free = torch.zeros_like(camera)
+        if self.camera_scale in (0.0, 1.0):
+            self.predictions += 1
+            return self.estimator.predict(z_t, t, camera if self.camera_scale == 1.0 else free).to(z_t.dtype)
+        self.predictions += 2
+        both = self.estimator.predict(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([camera, free]))
+        with_camera, without = both.to(z_t.dtype).chunk(2)
+        return without + self.camera_scale * (with_camera - without)
+
+    def residual(self, predictions, noise, z_t, t, views, step, total_steps):
+        return self.combine(predictions, views) - self.estimate(z_t, t, views)
+
+    def gradient(self, z, views, step, total_steps, noise=None, t=None):
+        self.judged = (z.detach(), views)  # the estimator's training sample, read by __call__
+        return super().gradient(z, views, step, total_steps, noise=noise, t=t)
+
+    # -- the estimator's training ------------------------------------------------------------
+    def estimator_loss(self, z: torch.Tensor, views) -> torch.Tensor:
+        """The diffusion loss on detached z: t uniform in [0, T), fresh noise, camera dropped at random."""
+        g, batch = self.train_generator, z.shape[0]
+        t = torch.randint(0, self.num_train_timesteps, (batch,), generator=g, device=self.device)
+        noise = torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
+        keep = torch.rand(batch, generator=g, device=self.device) >= self.camera_dropout
+        camera = camera_vector(views, self.bounds).to(z.device) * keep.to(z.device, torch.float32)[:, None]
+        return self.estimator.loss(z, t, noise, camera)
+
+    def __call__(self, images, views, step, total_steps, noise=None, t=None):
+        out = super().__call__(images, views, step, total_steps, noise=noise, t=t)
+        z, judged_views = self.judged
+        self.judged = None
+        trained = self.estimator_loss(z, judged_views)
+        out.loss = out.loss + trained
+        out.figures["estimator_loss"] = trained.detach()
+        out.figures["predictions"] = torch.tensor(float(self.predictions + 1))  # + the training pass
+        return out
