@@ -26,6 +26,8 @@ MAX_MESSAGE = 293  # with the CLI's "error: " in front, at most 300 characters
 DAMAGED = ("the file is damaged or was not written by blender-sds; use another checkpoint or start without "
            "init.checkpoint")
 OTHER_PRESET = "use the preset it was made with, or start without init.checkpoint"
+OTHER_ESTIMATOR = ("use the guidance.estimator.rank and guidance.model it was made with, or start without "
+                   "init.checkpoint")
 DIVERGED = "the run had diverged when it was saved; use an earlier checkpoint or start without init.checkpoint"
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b.|[\x00-\x1f\x7f]")
 
@@ -73,6 +75,9 @@ def check_like(actual, expected, path, key: str, owner: str) -> None:
         if not isinstance(actual, torch.Tensor):
             raise refuse(path, key, f"is {describe(actual)}, not a tensor")
         if actual.shape != expected.shape:
+            if owner == "estimator":  # VSD's network: its size is the job's rank and model, not the preset
+                raise refuse(path, key, f"has shape {tuple(actual.shape)}, this job's estimator needs "
+                                        f"{tuple(expected.shape)}", OTHER_ESTIMATOR)
             raise refuse(path, key, f"has shape {tuple(actual.shape)}, this job's {owner} needs "
                                     f"{tuple(expected.shape)} (was it made with another preset?)", OTHER_PRESET)
         if actual.dtype != expected.dtype:

@@ -385,6 +385,12 @@ def test_a_vsd_run_logs_its_estimator_and_refine_and_resume_continue_it(kind, sd
         assert torch.equal(restored[name], tensor), name
     assert refine.step == 0
 
+    if kind == "stable-diffusion":  # a LoRA of another rank is refused by the key that sets it
+        other = run_job_for(kind, sd_folder, init={"checkpoint": str(first / CHECKPOINT_FILE)})
+        other["guidance"]["estimator"]["rank"] = 8
+        with pytest.raises(ValueError, match=r"estimator.*guidance\.estimator\.rank"):
+            Run(other, tmp_path / "other", CPU)
+
     steps = job["steps"]
     resume = Run(run_job_for(kind, sd_folder, steps=steps + 2,
                              init={"checkpoint": str(first / CHECKPOINT_FILE), "resume": True}),
