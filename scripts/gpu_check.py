@@ -27,7 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = [sys.executable, "-m", "blender_sds.engine"]
-SUMMARY_KEYS = ("device", "bench_hashgrid", "bench_speed", "bench_speed_eager", "bench_speed_low_vram",
+METHODS = "sds,nfsd,csd,vsd,esd"  # bench speed's method rows
+SUMMARY_KEYS = ("device", "bench_hashgrid", "bench_speed", "bench_speed_methods", "bench_speed_eager", "bench_speed_low_vram",
                 "bench_speed_compile", "asset_seconds", "asset", "bench_mesh")
 OPTIONAL = "bench_speed_compile"  # gets what the budget leaves; the exit status does not wait on it
 
@@ -81,7 +82,9 @@ def plan(args, work: Path) -> list[Stage]:
     models = str(work / "models")
     shape = "tiny" if args.dry_run else "sd21-shape"
     device = "cpu" if args.dry_run else "cuda"
-    speed = [*ENGINE, "bench", "speed", "--device", device, "--model", shape, "--cache", models, "--json"]
+    bench = [*ENGINE, "bench", "speed", "--device", device, "--model", shape, "--cache", models, "--json"]
+    # Each rule's step beside SDS's (issue 13) is a stage of its own: a failure there keeps the rest.
+    speed, methods = bench + ["--methods", "none"], bench + ["--methods", METHODS]
     if args.dry_run:
         speed += ["--iterations", "1", "--warmup", "0"]
         return [
@@ -92,6 +95,7 @@ def plan(args, work: Path) -> list[Stage]:
                                      "--points", "2048", "--repeat", "1", "--json"], 300,
                   env={"TRITON_INTERPRET": "1"}),
             Stage("bench_speed", speed + ["--preset", "draft"], 300),
+            Stage("bench_speed_methods", methods + ["--preset", "draft", "--iterations", "1", "--warmup", "0"], 300),
             # CUDA graphs exist on CUDA only: on the CPU this would repeat bench_speed exactly.
             Stage("bench_speed_eager", [], 0),
             Stage("bench_speed_low_vram", speed + ["--preset", "draft", "--low-vram"], 300),
@@ -106,6 +110,7 @@ def plan(args, work: Path) -> list[Stage]:
         Stage("bench_hashgrid", [*ENGINE, "bench", "hashgrid", "--device", device, "--preset", "standard", "high",
                                  "--json"], 90),
         Stage("bench_speed", speed + ["--preset", *args.speed_presets, "--iterations", "10", "--warmup", "3"], 180),
+        Stage("bench_speed_methods", methods + ["--preset", "draft", "--iterations", "5", "--warmup", "1"], 150),
         # The same judge without CUDA graphs, in the same run: what the graphs save, as a ratio.
         Stage("bench_speed_eager", speed + ["--preset", "standard", "--cuda-graphs", "off", "--iterations", "10",
                                             "--warmup", "3"], 120),
@@ -314,6 +319,10 @@ def summary(result: dict) -> str:
                          f"peak {f['peak_gpu_mb']} MB, hash grid {f['hash_grid']}, graphs {f['cuda_graphs']} "
                          f"{f['cuda_graphs_check']}, "
                          f"{f['minutes_per_asset']:.2f} min/asset")
+    for preset, f in (((result.get("bench_speed_methods") or {}).get("presets")) or {}).items():
+        lines.append(f"methods[{preset}]: " + ", ".join(
+            f"{name} {m['ms_per_iteration']:.1f} ms x{m['ratio_to_sds']:.2f} ({m['predictions_per_step']} preds, "
+            f"peak {m['peak_gpu_mb']} MB)" for name, m in (f.get("methods") or {}).items()))
     hashgrid = result.get("bench_hashgrid") or {}
     for preset, p in (hashgrid.get("presets") or {}).items():
         lines.append(f"hashgrid[{preset}]: torch {p['torch']} triton {p.get('triton')} check {p.get('check')}")

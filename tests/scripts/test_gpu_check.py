@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-KEYS = ("device", "bench_speed", "bench_speed_eager", "bench_speed_low_vram", "bench_speed_compile", "asset_seconds", "asset",
+KEYS = ("device", "bench_speed", "bench_speed_methods", "bench_speed_eager", "bench_speed_low_vram", "bench_speed_compile", "asset_seconds", "asset",
         "bench_mesh", "bench_hashgrid", "stages", "commit", "command", "nvidia_smi")
 
 
@@ -33,6 +33,10 @@ def test_dry_run_writes_every_figure_the_gpu_run_writes(tmp_path):
         assert draft["ms_per_iteration"] > 0 and math.isfinite(draft["overhead_ratio"])
         assert draft["hash_grid"] == "torch"  # the plain path stays the CPU default
     assert result["bench_speed_low_vram"]["presets"]["draft"]["low_vram"] is True
+    assert not result["bench_speed"]["presets"]["draft"].get("methods")  # the method rows are their own stage
+    rows = result["bench_speed_methods"]["presets"]["draft"]["methods"]
+    assert {name: row["predictions_per_step"] for name, row in rows.items()} == {"sds": 2, "nfsd": 3, "csd": 3, "vsd": 4,
+                                                                         "esd": 5}
     assert result["bench_mesh"]["resolutions"]["32"]["faces"] > 0
     hashgrid = result["bench_hashgrid"]["presets"]["draft"]
     assert hashgrid["torch"]["ms_forward_backward"] > 0

@@ -29,7 +29,7 @@ from ...results import MESH_FILE
 from ..pocket import metrics
 from ..pocket.blockout import rough_pyramid
 from .janus import LAB, _list
-from .parallel import JOBS, run_all
+from .parallel import JOBS, check_run_options, run_all
 from .quality import figure_text, run_one
 
 STARTS = ("blob", "0", "1", "1:linear", "10")
@@ -77,10 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [c for c in args.colours if c not in COLOUR_NAMES]
     if unknown:
         p.error(f"--colours: unknown {', '.join(map(repr, unknown))}; colours: {', '.join(COLOUR_NAMES)}")
-    if args.jobs < 1:
-        p.error(f"--jobs: must be at least 1, got {args.jobs}")
-    if args.steps < 0:
-        p.error(f"--steps: must be 0 (the preset's) or more, got {args.steps}")
+    check_run_options(p, args)
     return args
 
 

@@ -24,7 +24,7 @@ from ... import kinds
 from ...job import JobError, merge_overrides, validate_job
 from ...results import LOG_FILE, MESH_FILE
 from ..pocket import janus, metrics, world
-from .parallel import JOBS, run_all
+from .parallel import JOBS, check_methods_and_prompts, run_all
 from .quality import figure_text, run_one, summarise
 
 # Four shapes and four body colours, each mark a contrasting colour; two plain objects.
@@ -79,20 +79,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.override = json.loads(args.override) if args.override else {}
     except (argparse.ArgumentTypeError, ValueError) as error:
         p.error(str(error))
-    unknown = [m for m in args.methods if m not in kinds.method_names()]
-    if unknown:
-        p.error(f"--methods: unknown {', '.join(map(repr, unknown))}; methods: {', '.join(kinds.method_names())}")
-    if args.jobs < 1:
-        p.error(f"--jobs: must be at least 1, got {args.jobs}")
-    if args.steps < 0:
-        p.error(f"--steps: must be 0 (the preset's) or more, got {args.steps}")
-    if not isinstance(args.override, dict):
-        p.error("--override: must be a JSON object of job keys")
-    for prompt in args.prompts:
-        try:
-            world.parse_prompt(prompt)
-        except ValueError as error:
-            p.error(f"--prompts: {error}")
+    check_methods_and_prompts(p, args, kinds.method_names(), world)
     return args
 
 

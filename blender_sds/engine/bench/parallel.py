@@ -41,3 +41,27 @@ def run_all(work: list[tuple[dict, Path]], args: argparse.Namespace, report, jud
             results[i] = future.result()
             report(i, results[i])
     return results
+
+
+def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What every pocket bench refuses alike: --jobs below 1, a negative --steps, and an --override
+    (when it has one) that is not a JSON object of job keys."""
+    if args.jobs < 1:
+        p.error(f"--jobs: must be at least 1, got {args.jobs}")
+    if args.steps < 0:
+        p.error(f"--steps: must be 0 (the preset's) or more, got {args.steps}")
+    if not isinstance(getattr(args, "override", {}), dict):
+        p.error("--override: must be a JSON object of job keys")
+
+
+def check_methods_and_prompts(p: argparse.ArgumentParser, args: argparse.Namespace, known, world) -> None:
+    """--methods all among `known`, and every --prompts a pocket prompt (named, with the known ones)."""
+    unknown = [m for m in args.methods if m not in known]
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(map(repr, unknown))}; methods: {', '.join(known)}")
+    check_run_options(p, args)
+    for prompt in args.prompts:
+        try:
+            world.parse_prompt(prompt)
+        except ValueError as error:
+            p.error(f"--prompts: {error}")

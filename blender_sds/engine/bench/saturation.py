@@ -31,7 +31,7 @@ from ...job import JobError, merge_overrides, validate_job
 from ..pocket import world
 from . import profiling
 from .janus import _list, predictions_per_step
-from .parallel import JOBS, run_all
+from .parallel import JOBS, check_methods_and_prompts, run_all
 from .quality import DEFAULT_SAMPLE, covering_sample, figure_text, run_one, summarise
 from .speed import host_rss_mb
 
@@ -96,20 +96,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.override = json.loads(args.override) if args.override else {}
     except (argparse.ArgumentTypeError, ValueError) as error:
         p.error(str(error))
-    unknown = [m for m in args.methods if m not in known_methods()]
-    if unknown:
-        p.error(f"--methods: unknown {', '.join(map(repr, unknown))}; methods: {', '.join(known_methods())}")
-    if args.jobs < 1:
-        p.error(f"--jobs: must be at least 1, got {args.jobs}")
-    if args.steps < 0:
-        p.error(f"--steps: must be 0 (the preset's) or more, got {args.steps}")
-    if not isinstance(args.override, dict):
-        p.error("--override: must be a JSON object of job keys")
+    check_methods_and_prompts(p, args, known_methods(), world)
     for prompt in args.prompts:
-        try:
-            world.parse_prompt(prompt)
-        except ValueError as error:
-            p.error(f"--prompts: {error}")
         if world.mark_srgb(prompt) is not None:
             p.error(f"--prompts: {prompt!r} is marked; saturation is measured on plain objects "
                     "(bench janus takes marked ones)")
