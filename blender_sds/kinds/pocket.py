@@ -52,7 +52,7 @@ FRONT_BIAS = 0.8
 
 # The teacher's "normal CFG", the rules made for it start from (NFSD, CSD, VSD): the largest
 # scale at which its own DDIM samples keep their saturation (`bench cfg`: |dS| <= 0.05 at 1.5 over
-# four prompts, +0.21 for a green cube at 2; docs/QUALITY.md "Saturation"). SD's 7.5 means the
+# four prompts, +0.11 for a green cube at 2; docs/QUALITY.md "Saturation"). SD's 7.5 means the
 # same for SD. At 1.5 alone no rule forms a cube (a sphere comes back), so those rules hold
 # SHAPE_SCALE while the shape forms and ramp down to it (kinds.KindSpec.shape_scale).
 SAMPLING_SCALE = 1.5

@@ -64,7 +64,9 @@ def measure(prompt: str, scales, steps: int, resolution: int, seed: int = 0) -> 
     cover = truth[:, 3] > 0.5
     truth_s, truth_v = (float(f.mean()) for f in saturation_value(truth[:, :3].permute(0, 2, 3, 1)[cover]))
     rows = []
+    start = teacher.pose_generator.get_state()
     for scale in scales:
+        teacher.pose_generator.set_state(start)  # every scale judged by the same lights and data
         image = sample(teacher, views, scale, steps, seed + 1)
         s, v = (float(f.mean()) for f in saturation_value(image.permute(0, 2, 3, 1)[cover]))
         rows.append({"prompt": prompt, "scale": scale, "saturation_difference": s - truth_s,
