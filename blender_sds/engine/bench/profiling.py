@@ -152,14 +152,27 @@ def reset_peak_host_rss() -> bool:
         return False
 
 
-def peak_host_rss_mb() -> float | None:
-    """The process's peak resident set since start or the last reset (VmHWM), in MiB."""
+def _status_mb(field: str) -> float | None:
+    """A memory line of Linux's /proc/self/status ("VmRSS", "VmHWM") in MiB; None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def host_rss_mb() -> float | None:
+    """The process's resident set now (Linux VmRSS), in MiB; None elsewhere."""
+    return _status_mb("VmRSS")
+
+
+def peak_host_rss_mb() -> float | None:
+    """The process's peak resident set since start or the last reset (VmHWM), in MiB."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -33,7 +33,6 @@ from . import profiling
 from .janus import _list, predictions_per_step
 from .parallel import JOBS, check_methods_and_prompts, run_all
 from .quality import DEFAULT_SAMPLE, covering_sample, figure_text, run_one, summarise
-from .speed import host_rss_mb
 
 KIND = "pocket"
 SDS = "sds"
@@ -120,7 +119,7 @@ def judge_asset(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
     importlib.import_module("..train.run", __package__)  # before the baseline: the engine's modules are no asset's cost
 
     device = pick_device(args.device)
-    before = host_rss_mb()
+    before = profiling.host_rss_mb()
     windowed = profiling.reset_peak_host_rss()
     profiling.reset_peak_gpu(device)
     result = run_one(job, args, out_dir)

@@ -271,17 +271,6 @@ def measure_preset(model: str, preset: str, device: torch.device, args) -> dict:
 
 # -- each method's step beside SDS's ---------------------------------------------------------------
 
-def host_rss_mb() -> float | None:
-    """The process's resident set now (Linux VmRSS), in MiB; None elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 class MethodRun:
     """One method's `Run` on the preset's job (its rule and any trained estimator included) and
     what it holds: peak GPU memory allocated and peak host RSS from its loading through its
@@ -295,7 +284,7 @@ class MethodRun:
                              graphs=args.cuda_graphs == "on" and not args.compile,
                              guidance=kinds.method(method).guidance)
         gpu_before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        rss_before = host_rss_mb()
+        rss_before = profiling.host_rss_mb()
         windowed = profiling.reset_peak_host_rss()
         profiling.reset_peak_gpu(device)
         self.run = Run(self.job, out, device)
