@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from ... import kinds
 from ...job import JobError, merge_overrides, validate_job
 from ...results import LOG_FILE, MESH_FILE
 from ..pocket import janus, metrics, world
-from .parallel import JOBS, check_methods_and_prompts, run_all
+from .parallel import JOBS, check_methods_and_prompts, run_plan
 from .quality import figure_text, run_one, summarise
 
 # Four shapes and four body colours, each mark a contrasting colour; two plain objects.
@@ -175,15 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench janus: {len(args.methods)} methods x {len(plan) // len(args.methods)} assets "
           f"({len(args.prompts)} prompts, seeds {','.join(map(str, args.seeds))}), preset {args.preset}"
           + (f", steps {args.steps}" if args.steps else "") + f", {args.jobs} at a time", file=report, flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-janus-") as tmp:
-        root = Path(args.out) if args.out else Path(tmp)
-        work = [(job, root / method / f"{i:03d}_{seed}_{prompt.replace(' ', '_')}")
-                for i, (method, prompt, seed, job) in enumerate(plan)]
-        done = run_all(work, args, lambda i, r: print(_asset_row(plan[i][0], r), file=report, flush=True),
-                       judge=judge_one)
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
-    for (method, *_), result in zip(plan, done):
-        results[method].append(result)
+    results = run_plan(plan, args, "janus", _asset_row, judge_one)
     summary = {m: method_summary(rs) for m, rs in results.items()}
     if args.json:
         print(json.dumps({"benchmark": "janus", "preset": args.preset, "steps": args.steps, "seeds": args.seeds,

@@ -65,3 +65,22 @@ def check_methods_and_prompts(p: argparse.ArgumentParser, args: argparse.Namespa
             world.parse_prompt(prompt)
         except ValueError as error:
             p.error(f"--prompts: {error}")
+
+
+def run_plan(plan: list[tuple], args: argparse.Namespace, name: str, row, judge) -> dict[str, list[dict]]:
+    """A per-method bench's work: every (method, prompt, seed, job) of `plan` run and judged, each
+    reported as `row(method, result)` as it finishes (on stderr under --json), in folders
+    OUT/<method>/<n>_<seed>_<prompt> (a temporary folder without --out); results by method."""
+    import sys
+    import tempfile
+
+    report = sys.stderr if args.json else sys.stdout
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        root = Path(args.out) if args.out else Path(tmp)
+        work = [(job, root / method / f"{i:03d}_{seed}_{prompt.replace(' ', '_')}")
+                for i, (method, prompt, seed, job) in enumerate(plan)]
+        done = run_all(work, args, lambda i, r: print(row(plan[i][0], r), file=report, flush=True), judge=judge)
+    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    for (method, *_), result in zip(plan, done):
+        results[method].append(result)
+    return results

@@ -23,7 +23,6 @@ import importlib
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from ... import kinds
@@ -31,7 +30,7 @@ from ...job import JobError, merge_overrides, validate_job
 from ..pocket import world
 from . import profiling
 from .janus import _list, predictions_per_step
-from .parallel import JOBS, check_methods_and_prompts, run_all
+from .parallel import JOBS, check_methods_and_prompts, run_plan
 from .quality import DEFAULT_SAMPLE, covering_sample, figure_text, run_one, summarise
 
 KIND = "pocket"
@@ -185,20 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench saturation: {len(args.methods)} methods x {assets} assets ({len(args.prompts)} prompts, seeds "
           f"{','.join(map(str, args.seeds))}), preset {args.preset}" + (f", steps {args.steps}" if args.steps else "")
           + f", {args.jobs} at a time", file=report, flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-saturation-") as tmp:
-        root = Path(args.out) if args.out else Path(tmp)
-        work = [(job, root / method / f"{i:03d}_{seed}_{prompt.replace(' ', '_')}")
-                for i, (method, prompt, seed, job) in enumerate(plan)]
-        done = run_all(work, args, lambda i, r: print(_asset_row(plan[i][0], r), file=report, flush=True),
-                       judge=judge_asset)
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
-    for (method, *_), result in zip(plan, done):
-        results[method].append(result)
+    results = run_plan(plan, args, "saturation", _asset_row, judge_asset)
     summary = {m: method_summary(rs) for m, rs in results.items()}
     if args.json:
         print(json.dumps({"benchmark": "saturation", "methods": summary, "assets": assets, "preset": args.preset,
                           "steps": args.steps, "seeds": args.seeds, "prompts": args.prompts,
-                          "commit": profiling.git_commit(), "device": done[0]["device"], "override": args.override,
+                          "commit": profiling.git_commit(), "device": next(iter(results.values()))[0]["device"], "override": args.override,
                           "peak_memory_measures": {k: MEMORY_MEASURES[k] for k in
                                                    {m["peak_memory_measure"] for m in summary.values()}},
                           "guidance": {m: plan[i * assets][3]["guidance"] for i, m in enumerate(args.methods)},
