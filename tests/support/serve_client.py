@@ -55,13 +55,16 @@ class Client:
             if message is None or message["type"] not in skip:
                 return message
 
-    def until(self, kinds, collect=None) -> dict:
-        """Read until a message of one of `kinds`; earlier ones go into `collect`."""
+    def until(self, kinds, collect=None, within: float = 600.0) -> dict:
+        """Read until a message of one of `kinds`; earlier ones go into `collect`. The server's
+        heartbeats keep the socket's timeout from firing, so `within` seconds bound the wait."""
+        deadline = time.monotonic() + within
         while True:
             message = self.next()
             assert message is not None, f"connection closed while waiting for {kinds}"
             if message["type"] in kinds:
                 return message
+            assert time.monotonic() < deadline, f"no {kinds} within {within:g} s; last: {message}"
             if collect is not None:
                 collect.append(message)
 

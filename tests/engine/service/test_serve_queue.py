@@ -179,8 +179,9 @@ def test_jobs_wait_in_order_see_their_place_fall_and_leave_when_cancelled_or_gon
 def test_the_queue_is_bounded_in_all_and_per_token_and_says_which_bound(served):
     server, engine = served(max_queue=2, max_queue_per_token=2)
     mine = [client(server) for _ in range(3)]
-    for i, c in enumerate(mine[:2]):
-        c.send(job(f"mine-{i}"))
+    mine[0].send(job("mine-0"))
+    assert mine[0].until(("start",))  # running first: sent together, either could have taken the slot
+    mine[1].send(job("mine-1"))
     assert mine[1].until(("queued",)) == {"type": "queued", "position": 1, "length": 1}
     mine[2].send(job("mine-2"))  # a third from the same token: its share is 2, running or waiting
     refused = mine[2].until(("error",))
