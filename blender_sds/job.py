@@ -492,7 +492,7 @@ def _guidance(raw, base_dir) -> dict:
         "views": views,
         "pose_matched": pose_matched,
         "perp_neg": _perp_neg(g.get("perp_neg"), rule),
-        "estimator": _estimator(g.get("estimator"), rule_spec),
+        "estimator": _estimator(g.get("estimator"), rule_spec, spec),
         "front_bias": _front_bias(g.get("front_bias"), spec, pose_matched),
     }
 
@@ -533,7 +533,7 @@ def _normal_cfg_ramp(guidance: dict, spec: kinds.KindSpec, steps: int):
     return [start, float(spec.shape_scale), float(spec.sampling_scale), end]
 
 
-def _estimator(value, rule: kinds.RuleSpec) -> dict | None:
+def _estimator(value, rule: kinds.RuleSpec, spec: kinds.KindSpec) -> dict | None:
     """The trained estimator's settings (VSD, ESD); None under a rule that trains none."""
     if not rule.estimator:
         if value is None:
@@ -543,7 +543,7 @@ def _estimator(value, rule: kinds.RuleSpec) -> dict | None:
                                              f"got {_describe(value)}")
     given = _object({} if value is None else value, "guidance.estimator", tuple(ESTIMATOR))
     return {
-        "lr": _number(given.get("lr", ESTIMATOR["lr"]), "guidance.estimator.lr", gt=0, le=1),
+        "lr": _number(given.get("lr", spec.estimator_lr or ESTIMATOR["lr"]), "guidance.estimator.lr", gt=0, le=1),
         "rank": _int(given.get("rank", ESTIMATOR["rank"]), "guidance.estimator.rank", 1, 256),
         "camera_dropout": _number(given.get("camera_dropout", ESTIMATOR["camera_dropout"]),
                                   "guidance.estimator.camera_dropout", ge=0, le=1),

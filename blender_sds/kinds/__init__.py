@@ -40,6 +40,9 @@ class KindSpec:
     # default instead holds this scale over the run's first half and ramps to sampling_scale by 80%
     # (job.py NORMAL_CFG_RAMP); None: sampling_scale throughout.
     shape_scale: float | None = None
+    # guidance.estimator.lr's default (VSD, ESD); None: job.ESTIMATOR's, threestudio's 1e-3 for a LoRA
+    # of a pretrained UNet. A judge whose estimator starts from scratch (estimators/pixel.py) needs more.
+    estimator_lr: float | None = None
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ FRONT_BIAS = 0.8
 SAMPLING_SCALE = 1.5
 SHAPE_SCALE = 7.5
 
+# VSD's estimator here is a small UNet trained from scratch on the renders, not a LoRA of a
+# pretrained one: at the LoRA's 1e-3 it lags the renders and the colours come back washed out
+# (a purple sphere -0.17 in saturation, -0.04 at 3e-2; docs/QUALITY.md "Saturation").
+ESTIMATOR_LR = 3e-2
+
 # Pose-matched by default: camera-blind, its memorised data cannot break a blob's symmetry
 # (docs/QUALITY.md).
 SPEC = register_kind(KindSpec(
@@ -65,4 +70,4 @@ SPEC = register_kind(KindSpec(
     model="optional", pose_matched=True, opaque=OPAQUE, target_jitter=TARGET_JITTER, presets=PRESETS,
     check_prompt=prompt_problem, check_negative=negative_problem, front_bias=FRONT_BIAS,
     sampling_scale=SAMPLING_SCALE,
-    shape_scale=SHAPE_SCALE))
+    shape_scale=SHAPE_SCALE, estimator_lr=ESTIMATOR_LR))

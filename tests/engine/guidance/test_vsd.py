@@ -27,7 +27,8 @@ from blender_sds.engine.guidance.predictors import cuda_graphs, weights_cache
 from blender_sds.engine.scene.directions import DIRECTIONS
 from blender_sds.engine.settings import Settings
 from blender_sds.engine.train.run import Run, run_job
-from blender_sds.job import validate_job
+from blender_sds.job import ESTIMATOR, validate_job
+from blender_sds.kinds import pocket
 from blender_sds.results import CHECKPOINT_FILE, LOG_FILE
 from judges import assert_within_rounding, camera_batch
 
@@ -131,6 +132,15 @@ def test_each_kind_gets_its_estimator_started_from_the_seed(kind, sd_folder, pix
     start = first.state_dict()
     assert all(torch.equal(start[k], v) for k, v in same.state_dict().items())
     assert any(not torch.equal(start[k], v) for k, v in other.state_dict().items())
+
+
+def test_an_estimator_from_scratch_learns_faster_than_a_lora_by_default(sd_folder):
+    """The pocket's estimator starts from nothing and must keep up with the renders (pocket
+    ESTIMATOR_LR); a LoRA on a pretrained UNet keeps threestudio's rate. A job's own rate wins."""
+    assert pocket_job()["guidance"]["estimator"]["lr"] == pocket.ESTIMATOR_LR > ESTIMATOR["lr"]
+    assert sd_job(sd_folder)["guidance"]["estimator"]["lr"] == ESTIMATOR["lr"]
+    mine = pocket_job(estimator={"lr": 0.002})
+    assert mine["guidance"]["estimator"]["lr"] == 0.002 and validate_job(mine) == mine
 
 
 def test_low_vram_offload_on_cuda_is_refused_by_name():
