@@ -135,10 +135,6 @@ def method_summary(results: list[dict]) -> dict:
             "predictions_per_step": statistics.fmean(predictions) if predictions else None}
 
 
-def _figure(value, form: str) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, form)
-
-
 def _asset_row(method: str, r: dict) -> str:
     front = "" if "janus" not in r else (f"janus {'YES' if r['janus'] else 'no ':<4}front "
                                          f"{'kept' if r['front_kept'] else 'LOST'}")
@@ -155,11 +151,11 @@ def print_table(summary: dict) -> None:
           f"{'colour':>7} {'satur':>6} {'bright':>6} {'s/asset':>8} {'preds':>6}")
     for name, m in summary.items():
         chamfer = None if m["median_chamfer"] is None else 100 * m["median_chamfer"]
-        print(f"{name:<13} {_figure(m['janus_rate'], '6.2f')} {_figure(m['front_kept_rate'], '6.2f')} "
-              f"{_figure(m['shape_r_precision'], '8.2f')} {_figure(m['colour_r_precision'], '9.2f')} "
-              f"{_figure(chamfer, '7.2f')}% {_figure(m['median_colour_error'], '7.3f')} "
-              f"{_figure(m['saturation_ratio'], '6.3f')} {_figure(m['brightness_ratio'], '6.3f')} "
-              f"{m['seconds_per_asset']:8.1f} {_figure(m['predictions_per_step'], '6.1f')}")
+        print(f"{name:<13} {figure_text(m['janus_rate'], '6.2f')} {figure_text(m['front_kept_rate'], '6.2f')} "
+              f"{figure_text(m['shape_r_precision'], '8.2f')} {figure_text(m['colour_r_precision'], '9.2f')} "
+              f"{figure_text(chamfer, '7.2f')}% {figure_text(m['median_colour_error'], '7.3f')} "
+              f"{figure_text(m['saturation_ratio'], '6.3f')} {figure_text(m['brightness_ratio'], '6.3f')} "
+              f"{m['seconds_per_asset']:8.1f} {figure_text(m['predictions_per_step'], '6.1f')}")
 
 
 def main(argv: list[str] | None = None) -> int:
