@@ -155,14 +155,18 @@ def test_low_vram_offload_on_cuda_is_refused_by_name():
 @pytest.mark.parametrize("kind", ["pocket", "stable-diffusion"])
 def test_the_estimator_learns_a_fixed_batch(kind, sd_folder):
     """Its diffusion loss (t uniform over [0, T), fresh noise each step) falls: the mean of the last
-    k steps is below the first k's by more than three standard errors of that difference."""
+    k steps is below the first k's by more than three standard errors of that difference.
+
+    The pocket's estimator trains at 1e-2 here, not its run default (ESTIMATOR_LR, 3e-2, chosen
+    for keeping up with changing renders): on a fixed batch 3e-2 is too noisy to fit well (a drop
+    of 0.12 over 200 steps against 0.31 at 1e-2; docs/QUALITY.md)."""
     if kind == "pocket":
-        g, images, lr = build_guidance(pocket_job(), CPU), smooth_images(0, 16), None
+        g, images, lr, steps = build_guidance(pocket_job(), CPU), smooth_images(0, 16), 1e-2, 120
     else:  # the tiny model is random: its LoRA needs a larger step to move in a few dozen steps
-        g, images, lr = build_guidance(sd_job(sd_folder), CPU), smooth_images(0), 1e-2
+        g, images, lr, steps = build_guidance(sd_job(sd_folder), CPU), smooth_images(0), 1e-2, 60
     assert isinstance(g.estimator, PixelEstimator if kind == "pocket" else LoraEstimator)
-    losses = train(g, images, views(images.shape[-1]), 60, lr=lr)
-    k = 20
+    losses = train(g, images, views(images.shape[-1]), steps, lr=lr)
+    k = steps // 3
     first, last = losses[:k], losses[-k:]
     spread = (statistics.variance(first) / k + statistics.variance(last) / k) ** 0.5
     assert statistics.mean(first) - statistics.mean(last) > 3 * spread, (first, last)
