@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -71,9 +73,6 @@ def run_plan(plan: list[tuple], args: argparse.Namespace, name: str, row, judge)
     """A per-method bench's work: every (method, prompt, seed, job) of `plan` run and judged, each
     reported as `row(method, result)` as it finishes (on stderr under --json), in folders
     OUT/<method>/<n>_<seed>_<prompt> (a temporary folder without --out); results by method."""
-    import sys
-    import tempfile
-
     report = sys.stderr if args.json else sys.stdout
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         root = Path(args.out) if args.out else Path(tmp)

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"benchmark": "saturation", "methods": summary, "assets": assets, "preset": args.preset,
                           "steps": args.steps, "seeds": args.seeds, "prompts": args.prompts,
-                          "commit": profiling.git_commit(), "device": next(iter(results.values()))[0]["device"], "override": args.override,
+                          "commit": profiling.git_commit(), "device": results[args.methods[0]][0]["device"],
+                          "override": args.override,
                           "peak_memory_measures": {k: MEMORY_MEASURES[k] for k in
                                                    {m["peak_memory_measure"] for m in summary.values()}},
                           "guidance": {m: plan[i * assets][3]["guidance"] for i, m in enumerate(args.methods)},

@@ -11,7 +11,7 @@ from blender_sds.engine.bench import cfg
 def test_samples_keep_their_saturation_at_the_normal_scale_and_lose_it_at_a_strong_one():
     low, high = cfg.measure("a green cube", [1.0, 3.0], steps=40, resolution=32)  # the same data for both
     # The closed-form teacher at scale 1 samples its own data: the truth's colour within the
-    # sampling tolerance the kind's scale is chosen by; at 3 CFG drives the colour to the ceiling.
+    # sampling tolerance the kind's scale is chosen by; at 3 CFG drives the colour past the truth.
     assert abs(low["saturation_difference"]) < 0.05
     assert high["saturation_difference"] > 0.05 + abs(low["saturation_difference"])
     assert low["truth_saturation"] == high["truth_saturation"] > 0
