@@ -44,8 +44,9 @@ _GUIDANCE_KEYS = ("kind", "rule", "model", "config", "scale", "t_range", "t_sche
 PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_sb": [1.0, 0.5, -0.606],
                     "f_fsb": [1.0, 0.5, 0.967]}
 # A kind with a shape_scale: under a normal-CFG rule its default scale is held until this share of
-# the run and reaches the sampling scale at the second (docs/QUALITY.md "Saturation").
-NORMAL_CFG_RAMP = (0.5, 0.8)
+# the run (the shape phase, the colour frozen: optim.shape_steps) and reaches the sampling scale
+# soon after (docs/QUALITY.md "Saturation").
+NORMAL_CFG_RAMP = (0.5, 0.55)
 # VSD's estimator (threestudio's stable_diffusion_vsd_guidance): its learning rate, LoRA rank, the
 # share of its training steps without the camera, and lambda mixing its camera-conditioned and
 # camera-free predictions (guidance_scale_lora: 1.0 VSD, 0.5 ESD).
@@ -615,18 +616,20 @@ def _render(raw, preset: dict) -> dict:
     return render
 
 
-def _optim(raw, spec: kinds.KindSpec, steps: int, from_mesh: bool) -> dict:
-    o = _object(raw, "optim", ("lr", "orientation", "sparsity", "opaque", "albedo_steps", "keep_shape",
-                               "keep_shape_schedule"))
+def _optim(raw, spec: kinds.KindSpec, steps: int, from_mesh: bool, shape_steps: int) -> dict:
+    o = _object(raw, "optim", ("lr", "orientation", "sparsity", "opaque", "albedo_steps", "shape_steps",
+                               "keep_shape", "keep_shape_schedule"))
     text = spec.regularise
-    albedo = _int(o.get("albedo_steps", int(0.2 * steps)), "optim.albedo_steps", 0)
-    if albedo > steps:
-        raise JobError("optim.albedo_steps", f"must be at most steps ({steps}), got {albedo}")
+    counted = {}
+    for key, default in (("albedo_steps", int(0.2 * steps)), ("shape_steps", shape_steps)):
+        counted[key] = _int(o.get(key, default), f"optim.{key}", 0)
+        if counted[key] > steps:
+            raise JobError(f"optim.{key}", f"must be at most steps ({steps}), got {counted[key]}")
     return {"lr": _number(o.get("lr", 0.01), "optim.lr", gt=0, le=1),
             "orientation": _number(o.get("orientation", 10.0 if text else 0.0), "optim.orientation", ge=0),
             "sparsity": _number(o.get("sparsity", 1.0 if text else 0.0), "optim.sparsity", ge=0),
             "opaque": _number(o.get("opaque", spec.opaque), "optim.opaque", ge=0),
-            "albedo_steps": albedo,
+            **counted,
             "keep_shape": _keep_shape(o.get("keep_shape", DEFAULT_KEEP_SHAPE if from_mesh else 0.0), from_mesh),
             "keep_shape_schedule": _choice(o.get("keep_shape_schedule", "constant"), "optim.keep_shape_schedule",
                                            KEEP_SHAPE_SCHEDULES, "schedule")}
@@ -732,8 +735,10 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     if steps == 0 and init["mesh"] is None:
         raise JobError("steps", "must be at least 1; 0 (fit init.mesh and stop) needs init.mesh")
 
+    shape_steps = 0  # the shape phase of the default ramp trains the shape alone
     if "scale" not in raw["guidance"]:
         guidance["scale"] = _normal_cfg_ramp(guidance, spec, steps)
+        shape_steps = guidance["scale"][0] if isinstance(guidance["scale"], list) else 0
     bounds = _bounds(raw.get("bounds", {}))
     cameras = _cameras(raw.get("cameras", {}), spec)
     _check_cameras_see([(f"cameras.rig[{i}]", c) for i, c in enumerate(cameras["rig"])]
@@ -750,7 +755,7 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
         "guidance": guidance,
         "cameras": cameras,
         "render": _render(raw.get("render", {}), preset),
-        "optim": _optim(raw.get("optim", {}), spec, steps, init["mesh"] is not None),
+        "optim": _optim(raw.get("optim", {}), spec, steps, init["mesh"] is not None, shape_steps),
         "init": init,
         "mesh": _mesh(raw.get("mesh", {}), preset),
         "output": _output(raw.get("output", {})),
@@ -786,11 +791,14 @@ def load_job(path) -> dict:
 
 def with_steps(job: dict, steps: int) -> dict:
     """A normalised job re-made for another step count (`run --steps N`): the keys counted in its
-    steps (optim.albedo_steps, a guidance.scale ramp) keep their share of the run, and the whole is validated again."""
+    steps (optim.albedo_steps and shape_steps, a guidance.scale ramp) keep their share of the run, and the
+    whole is validated again."""
     raw = copy.deepcopy(job)
     steps = _int(steps, "steps", 0 if job["init"].get("mesh") else 1, 100000)
     old = max(int(job["steps"]), 1)
-    raw["optim"]["albedo_steps"] = min(round(job["optim"]["albedo_steps"] * steps / old), steps)
+    for key in ("albedo_steps", "shape_steps"):
+        if key in job["optim"]:  # a job saved before shape_steps existed has none
+            raw["optim"][key] = min(round(job["optim"][key] * steps / old), steps)
     scale = job["guidance"]["scale"]
     if isinstance(scale, list):  # a ramp keeps its place in the run
         start = round(scale[0] * steps / old)

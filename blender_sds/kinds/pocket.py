@@ -54,12 +54,13 @@ FRONT_BIAS = 0.8
 # scale at which its own DDIM samples keep their saturation (`bench cfg`: |dS| <= 0.05 at 1.5 over
 # four prompts, +0.11 for a green cube at 2; docs/QUALITY.md "Saturation"). SD's 7.5 means the
 # same for SD. At 1.5 alone no rule forms a cube (a sphere comes back), so those rules hold
-# SHAPE_SCALE while the shape forms and ramp down to it (kinds.KindSpec.shape_scale).
+# SHAPE_SCALE while the shape forms, the colour frozen (optim.shape_steps), and then ramp down
+# to it (kinds.KindSpec.shape_scale). SDS's own 20: at 7.5 5 of 12 shapes came back rounder.
 SAMPLING_SCALE = 1.5
-SHAPE_SCALE = 7.5
+SHAPE_SCALE = 20.0
 
-# VSD's estimator here is a small UNet trained from scratch on the renders, not a LoRA of a
-# pretrained one: at the LoRA's 1e-3 it lags the renders and the colours come back washed out
+# VSD's estimator here is a small UNet trained on the renders beside the teacher, not a LoRA of
+# a pretrained UNet: at the LoRA's 1e-3 it lags the renders and the colours come back washed out
 # (a purple sphere -0.17 in saturation, -0.04 at 3e-2; docs/QUALITY.md "Saturation").
 ESTIMATOR_LR = 3e-2
 

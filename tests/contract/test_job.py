@@ -205,6 +205,9 @@ MALFORMED = [
     ("render-resolution-small", put("render", {"resolution": 4}), "render.resolution", "8 .. 1024, got 4"),
     ("albedo-steps-too-many", put("optim", {"albedo_steps": 6000}), "optim.albedo_steps",
      "at most steps (5000), got 6000"),
+    ("shape-steps-too-many", put("optim", {"shape_steps": 5001}), "optim.shape_steps",
+     "at most steps (5000), got 5001"),
+    ("shape-steps-negative", put("optim", {"shape_steps": -1}), "optim.shape_steps", "got -1"),
     ("checkpoint-missing", put("init", "checkpoint", "nowhere/checkpoint.pt"), "init.checkpoint", "no such file"),
     ("checkpoint-is-folder", put("init", "checkpoint", "previous-run"), "init.checkpoint", "is a folder"),
     ("resume-without-checkpoint", put("init", {"resume": True}), "init.resume", "needs init.checkpoint"),
@@ -279,7 +282,7 @@ def test_design_example_normalises_with_defaults(base):
     assert cam["type"] == "PERSP" and cam["name"] is None
 
     assert job["optim"] == {"lr": 0.01, "orientation": 10.0, "sparsity": 1.0, "opaque": 0.0, "albedo_steps": 1000,
-                            "keep_shape": 0.0, "keep_shape_schedule": "constant"}
+                            "shape_steps": 0, "keep_shape": 0.0, "keep_shape_schedule": "constant"}
     assert job["init"] == {"checkpoint": str(base / "previous-run" / "checkpoint.pt"), "resume": False, "mesh": None}
     assert job["mesh"] == {"resolution": 256, "threshold": "auto", "min_component": 0.05, "target_faces": 30000,
                            "smooth": 40}
@@ -369,12 +372,16 @@ def test_load_job_refuses_what_is_not_a_small_json_file_by_its_name(tmp_path):
 
 
 def test_run_steps_rescales_what_counts_steps(base):
-    """`run JOB --steps N` on a job normalised for another count (albedo_steps 1000 of 5000)."""
-    job = validate_job(design_example(), base_dir=base)
-    assert job["optim"]["albedo_steps"] == 1000 and job["steps"] == 5000
+    """`run JOB --steps N` on a job normalised for another count (albedo_steps 1000 of 5000,
+    shape_steps 2500)."""
+    raw = design_example()
+    raw["optim"] = {"shape_steps": 2500}
+    job = validate_job(raw, base_dir=base)
+    assert job["optim"]["albedo_steps"] == 1000 and job["optim"]["shape_steps"] == 2500 and job["steps"] == 5000
     for steps in (1, 2, 700, 5000, 100000):
         again = with_steps(job, steps)
         assert again["steps"] == steps and again["optim"]["albedo_steps"] == round(0.2 * steps)
+        assert again["optim"]["shape_steps"] == round(0.5 * steps)
         assert {k: v for k, v in again.items() if k not in ("steps", "optim")} == \
             {k: v for k, v in job.items() if k not in ("steps", "optim")}
     with pytest.raises(JobError) as info:

@@ -235,6 +235,9 @@ class Field(nn.Module):
         h = self.cfg.hidden
         self.density_head = nn.Sequential(nn.Linear(self.encoding.out_dim, h), nn.ReLU(), nn.Linear(h, 1))
         self.albedo_head = nn.Sequential(nn.Linear(self.encoding.out_dim, h), nn.ReLU(), nn.Linear(h, 3))
+        # False while a run trains the shape alone (optim.shape_steps): the albedo is read but
+        # passes no gradient, to its head or through it to the shared encoding.
+        self.colour_learns = True
 
     def normalise(self, points: torch.Tensor) -> torch.Tensor:
         """World points -> [0,1]^3 over the bounds."""
@@ -255,7 +258,8 @@ class Field(nn.Module):
         density = self.cfg.density_scale * F.softplus(raw)
         if not with_albedo:
             return density, None
-        return density, torch.sigmoid(self.albedo_head(enc))
+        albedo = torch.sigmoid(self.albedo_head(enc))
+        return density, albedo if self.colour_learns else albedo.detach()
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
         return self.forward(points, with_albedo=False)[0]

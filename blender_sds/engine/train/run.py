@@ -168,6 +168,7 @@ class Run:
         else:
             background = self.background
         shading = self.shading_for(self.step)
+        self.field.colour_learns = self.step >= self.settings.shape_steps
         light = self.light_for(views) if shading != "albedo" else None
         out = render(self.field, views, self.samples, occupancy=self.occupancy, shading=shading, light=light,
                      background=background, generator=self.generator,

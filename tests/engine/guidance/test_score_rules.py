@@ -191,10 +191,15 @@ def test_without_a_negative_csd_keeps_beta_at_zero_and_nfsd_its_domain_term_at_z
 def test_an_empty_negative_becomes_the_rules_published_one_at_normal_cfg(tiny_sd_folder, rule, negative, weighting):
     pocket = validate_job({"version": 1, "prompt": "a red cube", "steps": 100,
                            "guidance": {"kind": "pocket", "rule": rule}})
-    for job, scale in ((sd_job(tiny_sd_folder, rule=rule), 7.5), (pocket, [50, 7.5, 1.5, 80])):
-        # The pocket teacher's normal CFG (1.5) forms no shape: its default ramps down to it.
+    for job, scale, shape_steps in ((sd_job(tiny_sd_folder, rule=rule), 7.5, 0), (pocket, [50, 20.0, 1.5, 55], 50)):
+        # The pocket teacher's normal CFG (1.5) forms no shape: its default holds SDS's 20 while the
+        # shape alone trains (optim.shape_steps), then ramps down to it.
         assert job["negative_prompt"] == negative and job["guidance"]["scale"] == scale, job["guidance"]["kind"]
+        assert job["optim"]["shape_steps"] == shape_steps
         assert job["guidance"]["weighting"] == weighting and validate_job(job) == job
+    # A scale of the job's own trains the colour from the first step.
+    assert validate_job({"version": 1, "prompt": "a red cube", "steps": 100,
+                         "guidance": {"kind": "pocket", "rule": rule, "scale": 1.5}})["optim"]["shape_steps"] == 0
     # The user's words win.
     mine = sd_job(tiny_sd_folder, negative_prompt="a cartoon", rule=rule, scale=12, weighting="fantasia3d")
     assert (mine["negative_prompt"], mine["guidance"]["scale"], mine["guidance"]["weighting"]) == ("a cartoon", 12,

@@ -135,8 +135,8 @@ def test_each_kind_gets_its_estimator_started_from_the_seed(kind, sd_folder, pix
 
 
 def test_an_estimator_from_scratch_learns_faster_than_a_lora_by_default(sd_folder):
-    """The pocket's estimator starts from nothing and must keep up with the renders (pocket
-    ESTIMATOR_LR); a LoRA on a pretrained UNet keeps threestudio's rate. A job's own rate wins."""
+    """The pocket's estimator learns its network from nothing and must keep up with the renders
+    (pocket ESTIMATOR_LR); a LoRA on a pretrained UNet keeps threestudio's rate. A job's own rate wins."""
     assert pocket_job()["guidance"]["estimator"]["lr"] == pocket.ESTIMATOR_LR > ESTIMATOR["lr"]
     assert sd_job(sd_folder)["guidance"]["estimator"]["lr"] == ESTIMATOR["lr"]
     mine = pocket_job(estimator={"lr": 0.002})
@@ -242,11 +242,40 @@ def test_vsd_with_the_true_noise_for_its_estimate_is_sds(kind, camera_scale, sd_
     rng = torch.Generator().manual_seed(3)
     images = torch.rand(2, 3, size, size, generator=rng)
     noise, t = torch.randn(2, channels, side, side, generator=rng), torch.tensor([300, 800])
-    vsd.estimator.predict = lambda z_t, t, camera: noise.repeat(z_t.shape[0] // noise.shape[0], 1, 1, 1)
+    vsd.estimator.predict = lambda z_t, t, camera, base=None: noise.repeat(z_t.shape[0] // noise.shape[0], 1, 1, 1)
     batch = views(size)
     got, _ = run_guidance(vsd, images, batch, noise=noise, t=t)
     want, _ = run_guidance(sds, images, batch, noise=noise, t=t)
     assert torch.equal(got, want)
+
+
+def test_the_pixel_estimator_starts_as_the_judge_where_the_noise_is_large():
+    """Anchored on the teacher: untrained (F's last layer zero) its eps is (1 - c_skip(t)) times the
+    judge's prompt eps at the same sample, so VSD's first gradient is w(t)(eps_pre - that): near
+    eps_pre - eps_prompt at large t, near SDS's eps_pre at small t (the render passes through)."""
+    rng = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 3, 16, 16, generator=rng)
+    noise, t = torch.randn(2, 3, 16, 16, generator=rng), torch.tensor([50, 900])
+    batch = views(16)
+    g = build_guidance(pocket_job(scale=7.5), CPU)
+    assert g.estimator.anchored
+    got, _ = run_guidance(g, images, batch, noise=noise, t=t)
+    a = g.alphas_cumprod[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        z = images * 2 - 1
+        eps = g.predictor.predict(a.sqrt() * z + (1 - a).sqrt() * noise, t, batch, ("prompt", "uncond"))
+    sigma2 = (1 - a) / a
+    c_skip = pocket_scalings_c_skip(sigma2)
+    eps_pre = eps["uncond"] + 7.5 * (eps["prompt"] - eps["uncond"])
+    want = 2 * (1 - a) * (eps_pre - (1 - c_skip) * eps["prompt"]) / 2  # d loss / d images = 2 grad_z / B
+    floor = 64 * torch.finfo(torch.float32).eps * float(want.abs().max() + 1)
+    torch.testing.assert_close(got, want, rtol=0, atol=floor)
+    assert float(c_skip[1]) < 0.01 and float(c_skip[0]) > 0.8  # t 900: the judge; t 50: mostly the render
+
+
+def pocket_scalings_c_skip(sigma2: torch.Tensor) -> torch.Tensor:
+    from blender_sds.engine.guidance.estimators.pixel import SIGMA_DATA
+    return SIGMA_DATA ** 2 / (sigma2 + SIGMA_DATA ** 2)
 
 
 def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folder):
@@ -264,8 +293,9 @@ def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folde
         g = build_guidance(pocket_job(estimator={"camera_scale": camera_scale}), CPU)
         asked = []
 
-        def predict(z_t, t_in, camera):
+        def predict(z_t, t_in, camera, base=None):
             asked.append(camera.clone())
+            assert base is not None and base.shape == z_t.shape  # the pocket's estimator is anchored
             with_camera = camera.abs().sum(1) > 0
             return noise.repeat(z_t.shape[0] // 2, 1, 1, 1) + torch.where(with_camera.view(-1, 1, 1, 1), c, d)
 
@@ -275,10 +305,11 @@ def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folde
         camera = camera_vector(batch, g.bounds)
         if camera_scale < 1:
             assert len(asked) == 1 and torch.equal(asked[0], torch.cat([camera, torch.zeros_like(camera)]))
-            assert float(out.figures["predictions"]) == 5  # CFG's pair, two estimator passes, training
+            # CFG's pair, two estimator passes, the judge at the training sample, training
+            assert float(out.figures["predictions"]) == 6
         else:
             assert len(asked) == 1 and torch.equal(asked[0], camera)
-            assert float(out.figures["predictions"]) == 4
+            assert float(out.figures["predictions"]) == 5
         # pocket samples are images * 2 - 1 at their own size: d loss / d images = 2 grad_z / B
         expected = want - 2 * (1 - a) * mixed / 2
         floor = 8 * torch.finfo(torch.float32).eps * float(want.abs().max() + 1)

@@ -32,13 +32,22 @@ def camera_vector(views: ViewBatch, bounds: Bounds) -> torch.Tensor:
 
 
 class NoiseEstimator:
-    """eps_phi(x_t, t, camera) of one run's renders; `camera` (B, 16), zeros for camera-free."""
+    """eps_phi(x_t, t, camera) of one run's renders; `camera` (B, 16), zeros for camera-free.
 
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    An `anchored` estimator builds on the judge: `base` is the judge's own noise prediction for
+    the prompt at the same noisy sample (B, C, H, W), which the rule passes to both calls. A LoRA
+    needs none (its UNet is the judge).
+    """
+
+    anchored = False
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, camera: torch.Tensor,
+                base: torch.Tensor | None = None) -> torch.Tensor:
         """The estimated noise in z_t (float32, like z_t); the rule calls it under no_grad."""
         raise NotImplementedError
 
-    def loss(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, camera: torch.Tensor,
+             base: torch.Tensor | None = None) -> torch.Tensor:
         """The diffusion loss of clean samples z (detached) noised by `noise` at t: its gradient
         reaches the estimator's own tensors only."""
         raise NotImplementedError

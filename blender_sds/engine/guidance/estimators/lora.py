@@ -98,10 +98,10 @@ class LoraEstimator(NoiseEstimator):
                        class_labels=camera.to(z_t.device, torch.float32)).sample
         return out[:, : self.channels].float()
 
-    def predict(self, z_t, t, camera):
+    def predict(self, z_t, t, camera, base=None):
         return self.predictor.to_epsilon(self.forward(z_t, t, camera), z_t.float(), t)
 
-    def loss(self, z, t, noise, camera):
+    def loss(self, z, t, noise, camera, base=None):
         a = self.predictor.alphas_cumprod[t].view(-1, 1, 1, 1)
         z_t = a.sqrt() * z + (1 - a).sqrt() * noise
         kind = self.predictor.prediction_type  # the target the model was trained on (threestudio's train_lora)

@@ -1,5 +1,5 @@
 """VSD's estimator for pixel-space judges (the pocket teacher, kind "pixel", the reference views):
-a small camera-conditioned denoiser trained from scratch on the renders.
+a small camera-conditioned denoiser trained on the renders, on top of the judge's own guess.
 
 These judges have no UNet to put a LoRA on (the pocket and reference teachers are closed
 forms), and a LoRA of a 64 px text model would still cost its full UNet per pass, so the
@@ -10,20 +10,23 @@ prompt, so the estimator is of that prompt's renders already. Its size is the po
 budget: at (32, 64, 64) with attention its passes cost about as much as a whole SDS step on a
 CPU (a 900-step asset would pass 2 minutes); at this size about 0.4 of one.
 
-It is a denoiser in EDM's preconditioning (Karras et al. 2022), with x = x_t / sqrt(a) = x0 + sigma eps:
+It is a denoiser in EDM's preconditioning (Karras et al. 2022), with x = x_t / sqrt(a) = x0 + sigma eps,
+anchored on the judge as a LoRA is (its UNet *is* the judge, so it starts as the judge):
 
-    x0_phi = c_skip x + c_out F(c_in x, t, camera),   c_skip = sd^2 / (sigma^2 + sd^2),
-    c_out = sigma sd / sqrt(sigma^2 + sd^2),  c_in = 1 / sqrt(sigma^2 + sd^2),  sd = 0.5,
+    x0_phi = c_skip x + (1 - c_skip) x0_judge + c_out F(c_in x, t, camera),
+    c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
+    c_in = 1 / sqrt(sigma^2 + sd^2),  sd = 0.5,
 
-and eps_phi = (x - x0_phi) / sigma. F's last layer is zeroed, so it starts as the exact denoiser
-of renders drawn from N(mid-grey, 0.5^2): a model of "the renders are grey, give or take",
-whose eps is nearly the noise itself at large t (VSD starts near SDS there, not at a random
-gradient: an eps network started at zero gives eps_pre alone, mostly the sampled noise) and
-nearly zero at small t (there the noise is small and the render's own detail passes through).
-Its loss is EDM's: ||F - (x0 - c_skip x) / c_out||^2, the diffusion loss weighted so that its
-target has unit variance at every t. The plain eps loss of an x0 network weighs the same x0
-error by SNR(t), from ~1000 at t = 0 to 0.005 at T, and a few small-t steps would swamp Adam's
-statistics; here the whole schedule [0, T) trains at one scale.
+where x0_judge = x - sigma eps_judge is the judge's own denoised guess for the prompt at the same
+sample (the rule's `base`), and eps_phi = (x - x0_phi) / sigma. F's last layer is zeroed, so the
+estimator starts as the judge where the noise is large (its eps is the judge's prompt eps: VSD's
+gradient starts as eps_pre - eps_prompt, as threestudio's LoRA starts it) and as the render
+itself where the noise is small (there the render's own detail passes through). F then learns
+what the renders are that the judge's guess is not. Its loss is EDM's, ||F - target||^2 with
+target = (x0 - c_skip x - (1 - c_skip) x0_judge) / c_out, which has unit variance at every t.
+Started from nothing instead (x0_judge replaced by 0, the Gaussian prior of grey renders) it
+learned too little in a run: its loss stayed near its starting 1 (0.3-0.6 anchored), and the
+colours it left came back washed out (docs/QUALITY.md "Saturation").
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ def build_network(size: int) -> tuple[torch.nn.Module, torch.nn.Module]:
 class PixelEstimator(NoiseEstimator):
     """eps_phi of a pixel-space run's renders (samples in [-1, 1], 3 channels); see the module docstring."""
 
+    anchored = True
+
     def __init__(self, alphas_cumprod: torch.Tensor, size: int, device: torch.device, seed: int):
         with torch.random.fork_rng(devices=[]):  # the same start for the same seed, the run's stream untouched
             torch.manual_seed(seed)
@@ -78,16 +83,23 @@ class PixelEstimator(NoiseEstimator):
         spread = (sigma ** 2 + SIGMA_DATA ** 2).sqrt()
         return sigma, SIGMA_DATA ** 2 / spread ** 2, sigma * SIGMA_DATA / spread, 1 / spread
 
-    def predict(self, z_t, t, camera):
+    @staticmethod
+    def skip(x, sigma, c_skip, base):
+        """The part of x0_phi that F does not give: the render and the judge's guess, by noise level."""
+        if base is None:
+            raise ValueError("the pixel estimator needs the judge's prompt prediction (base)")
+        return c_skip * x + (1 - c_skip) * (x - sigma * base.float())
+
+    def predict(self, z_t, t, camera, base=None):
         sigma, c_skip, c_out, c_in = self.scalings(t)
         x = z_t.float() / (1 + sigma ** 2).sqrt()  # x_t / sqrt(a): sqrt(a) = 1 / sqrt(1 + sigma^2)
-        x0 = c_skip * x + c_out * self.network(c_in * x, t, camera)
+        x0 = self.skip(x, sigma, c_skip, base) + c_out * self.network(c_in * x, t, camera)
         return (x - x0) / sigma
 
-    def loss(self, z, t, noise, camera):
+    def loss(self, z, t, noise, camera, base=None):
         sigma, c_skip, c_out, c_in = self.scalings(t)
         x = z.float() + sigma * noise.float()  # = x_t / sqrt(a) for x_t = sqrt(a) z + sqrt(1-a) noise
-        target = (z.float() - c_skip * x) / c_out
+        target = (z.float() - self.skip(x, sigma, c_skip, base)) / c_out
         return (self.network(c_in * x, t, camera) - target).pow(2).mean()
 
     def named(self) -> dict[str, torch.nn.Parameter]:

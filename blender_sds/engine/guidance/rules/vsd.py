@@ -20,8 +20,9 @@ threestudio's train_lora); that loss joins GuidanceOutput.loss, so the run's one
 Adam step train it (its gradient reaches nothing else), and `figures["estimator_loss"]` puts
 it in the run's log. Its draws come from a generator of its own, so the rule's noise and
 timesteps are SDS's for the same seed. `figures["predictions"]` counts the judge's passes per
-image: CFG's pair, the estimator's one or two, and its training pass (one forward; its
-backward costs about two more).
+image: CFG's pair, the estimator's one or two, its training pass (one forward; its backward
+costs about two more) and, for an estimator anchored on the judge (pixel kinds), the judge's
+prompt pass at the training sample.
 """
 from __future__ import annotations
 
@@ -50,20 +51,23 @@ class VSD(SDS):
         return [self.part]
 
     # -- the gradient ------------------------------------------------------------------------
-    def estimate(self, z_t: torch.Tensor, t: torch.Tensor, views) -> torch.Tensor:
-        """eps_phi at (z_t, t): the camera pass, the camera-free one, or both mixed by lambda."""
+    def estimate(self, z_t: torch.Tensor, t: torch.Tensor, views, base=None) -> torch.Tensor:
+        """eps_phi at (z_t, t): the camera pass, the camera-free one, or both mixed by lambda
+        (`base`: the judge's prompt eps at z_t, for an anchored estimator)."""
         camera = camera_vector(views, self.bounds).to(z_t.device)
         free = torch.zeros_like(camera)
         if self.camera_scale in (0.0, 1.0):
             self.predictions += 1
-            return self.estimator.predict(z_t, t, camera if self.camera_scale == 1.0 else free).to(z_t.dtype)
+            return self.estimator.predict(z_t, t, camera if self.camera_scale == 1.0 else free, base).to(z_t.dtype)
         self.predictions += 2
-        both = self.estimator.predict(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([camera, free]))
+        both = self.estimator.predict(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([camera, free]),
+                                      None if base is None else torch.cat([base, base]))
         with_camera, without = both.to(z_t.dtype).chunk(2)
         return without + self.camera_scale * (with_camera - without)
 
     def residual(self, predictions, noise, z_t, t, views, step, total_steps):
-        return self.combine(predictions, views) - self.estimate(z_t, t, views)
+        base = predictions["prompt"] if self.estimator.anchored else None  # asked already, for CFG
+        return self.combine(predictions, views) - self.estimate(z_t, t, views, base)
 
     def gradient(self, z, views, step, total_steps, noise=None, t=None):
         self.judged = (z.detach(), views)  # the estimator's training sample, read by __call__
@@ -77,7 +81,14 @@ class VSD(SDS):
         noise = torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
         keep = torch.rand(batch, generator=g, device=self.device) >= self.camera_dropout
         camera = camera_vector(views, self.bounds).to(z.device) * keep.to(z.device, torch.float32)[:, None]
-        return self.estimator.loss(z, t, noise, camera)
+        base = None
+        if self.estimator.anchored:  # the judge's guess at the training sample: one more pass
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z.dtype)
+            with torch.no_grad():
+                z_t = a.sqrt() * z + (1 - a).sqrt() * noise
+                base = self.predictor.predict(z_t, t, views, ("prompt",))["prompt"].to(z.dtype)
+            self.predictions += 1
+        return self.estimator.loss(z, t, noise, camera, base)
 
     def __call__(self, images, views, step, total_steps, noise=None, t=None):
         out = super().__call__(images, views, step, total_steps, noise=noise, t=t)
