@@ -793,18 +793,33 @@ def with_steps(job: dict, steps: int) -> dict:
     """A normalised job re-made for another step count (`run --steps N`): the keys counted in its
     steps (optim.albedo_steps and shape_steps, a guidance.scale ramp) keep their share of the run, and the
     whole is validated again."""
-    raw = copy.deepcopy(job)
     steps = _int(steps, "steps", 0 if job["init"].get("mesh") else 1, 100000)
-    old = max(int(job["steps"]), 1)
-    for key in ("albedo_steps", "shape_steps"):
-        if key in job["optim"]:  # a job saved before shape_steps existed has none
-            raw["optim"][key] = min(round(job["optim"][key] * steps / old), steps)
-    scale = job["guidance"]["scale"]
-    if isinstance(scale, list):  # a ramp keeps its place in the run
-        start = round(scale[0] * steps / old)
-        raw["guidance"]["scale"] = [start, scale[1], scale[2], max(round(scale[3] * steps / old), start + 1)]
+    return validate_job(rescaled(job, steps))
+
+
+def rescaled(job: dict, steps: int) -> dict:
+    """A copy of a job (normalised or not) with `steps` set and the keys counted in its old steps
+    moved to keep their share of the run: optim.albedo_steps and shape_steps, a guidance.scale
+    ramp. A key that is missing or not a count is left for validation to judge. Not validated."""
+    raw = copy.deepcopy(job)
+    old = job.get("steps")
     raw["steps"] = steps
-    return validate_job(raw)
+    if not _is_int(old) or old < 1:
+        return raw
+
+    def moved(count):
+        return round(count * steps / old)
+
+    optim = raw.get("optim")
+    for key in ("albedo_steps", "shape_steps"):
+        if isinstance(optim, dict) and _is_int(optim.get(key)):
+            optim[key] = min(moved(optim[key]), steps)
+    guidance = raw.get("guidance")
+    scale = guidance.get("scale") if isinstance(guidance, dict) else None
+    if isinstance(scale, list) and len(scale) == 4 and _is_int(scale[0]) and _is_int(scale[3]):
+        start = moved(scale[0])  # a ramp keeps its place in the run
+        guidance["scale"] = [start, scale[1], scale[2], max(moved(scale[3]), start + 1)]
+    return raw
 
 
 def dumps(job: dict) -> str:

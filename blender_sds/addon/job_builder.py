@@ -287,8 +287,8 @@ def refine_job(context, ob, camera_source: str, steps: int = 0, source: str = "A
         base_dir = os.path.dirname(checkpoint)
     try:
         job = job_schema.merge_overrides(job, overrides(context.scene))
-        if steps > 0:
-            job["steps"] = steps
+        if steps > 0:  # the shape phase and the scale ramp keep their share of the shorter or longer run
+            job = job_schema.rescaled(job, steps)
         if isinstance(job["optim"].get("albedo_steps"), int) and isinstance(job.get("steps"), int):
             job["optim"]["albedo_steps"] = min(job["optim"]["albedo_steps"], job["steps"])
         validate(job, base_dir)

@@ -12,7 +12,7 @@ import pytest
 
 from blender_sds import kinds
 from blender_sds.job import (PRESETS, SCHEMA_VERSION, JobError, dumps, load_job, preset_table, validate_camera,
-                             validate_job, with_steps)
+                             rescaled, validate_job, with_steps)
 from blender_sds.kinds.pocket import PRESETS as POCKET_PRESETS
 
 KINDS = kinds.kind_names()
@@ -387,6 +387,22 @@ def test_run_steps_rescales_what_counts_steps(base):
     with pytest.raises(JobError) as info:
         with_steps(job, 0)
     assert str(info.value) == "steps: must be an int 1 .. 100000, got 0"
+
+
+def test_a_refine_of_another_length_keeps_the_shape_phase_in_its_place():
+    """The add-on's Refine with its own step count: a pocket VSD run's shape phase and ramp move
+    with it (40 steps of a 900-step run's [450, 20, 1.5, 495] must not stay colour-frozen
+    throughout); what is not a count is left for validation to name."""
+    job = validate_job({"version": 1, "prompt": "a red cube", "steps": 900,
+                        "guidance": {"kind": "pocket", "rule": "vsd"}})
+    assert job["guidance"]["scale"] == [450, 20.0, 1.5, 495] and job["optim"]["shape_steps"] == 450
+    short = validate_job(rescaled(job, 40))
+    assert short["guidance"]["scale"] == [20, 20.0, 1.5, 22] and short["optim"]["shape_steps"] == 20
+    assert short["optim"]["albedo_steps"] == 8 and short["steps"] == 40
+    odd = rescaled({"steps": "many", "optim": {"shape_steps": 10}}, 40)
+    assert odd == {"steps": 40, "optim": {"shape_steps": 10}}
+    bad = rescaled({"steps": 100, "optim": {"shape_steps": "half"}, "guidance": {"scale": [1, 2]}}, 40)
+    assert bad["optim"]["shape_steps"] == "half" and bad["guidance"]["scale"] == [1, 2]
 
 
 def test_a_job_may_start_from_a_mesh_and_stop_after_the_fit(base):
