@@ -169,3 +169,25 @@ def test_the_engine_renders_only_shadings_its_judge_knows(sd_folder, tmp_path):
     counts = _shadings_drawn(pocket)
     assert set(counts) == {"albedo", "lambertian"}, counts
     assert 180 < counts["albedo"] < 300, counts  # 0.25 / (0.25 + 0.375) of the draws
+
+
+def test_the_shape_phase_trains_the_shape_alone(tmp_path):
+    """optim.shape_steps: while it lasts the colour head gets no gradient (the render still shows the
+    colour); the density learns. From its end the colour learns too."""
+    from blender_sds.engine.train.run import Run
+    job = validate_job({"version": 1, "prompt": "a red cube", "steps": 4, "guidance": {"kind": "pocket", "rule": "vsd"},
+                        "render": {"resolution": 16, "samples": 16, "batch": 1}, "optim": {"albedo_steps": 0}})
+    assert job["optim"]["shape_steps"] == 2  # the default ramp's start: half the run
+    run = Run(job, tmp_path / "run", torch.device("cpu"))
+
+    def heads():
+        return ([p.detach().clone() for p in run.field.albedo_head.parameters()],
+                [p.detach().clone() for p in run.field.density_head.parameters()])
+
+    for step in range(4):
+        colour, density = heads()
+        run.train_step(4)
+        colour_after, density_after = heads()
+        moved = any(not torch.equal(a, b) for a, b in zip(colour, colour_after))
+        assert moved == (step >= 2), step
+        assert any(not torch.equal(a, b) for a, b in zip(density, density_after)), step
