@@ -46,7 +46,7 @@ PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_s
 # A kind with a shape_scale: under a normal-CFG rule its default scale is held until this share of
 # the run (the shape phase, the colour frozen: optim.shape_steps) and reaches the sampling scale
 # soon after (docs/QUALITY.md "Saturation").
-NORMAL_CFG_RAMP = (0.5, 0.55)
+NORMAL_CFG_RAMP = (0.7, 0.75)
 # VSD's estimator (threestudio's stable_diffusion_vsd_guidance): its learning rate, LoRA rank, the
 # share of its training steps without the camera, and lambda mixing its camera-conditioned and
 # camera-free predictions (guidance_scale_lora: 1.0 VSD, 0.5 ESD).

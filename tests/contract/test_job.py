@@ -391,13 +391,13 @@ def test_run_steps_rescales_what_counts_steps(base):
 
 def test_a_refine_of_another_length_keeps_the_shape_phase_in_its_place():
     """The add-on's Refine with its own step count: a pocket VSD run's shape phase and ramp move
-    with it (40 steps of a 900-step run's [450, 20, 1.5, 495] must not stay colour-frozen
+    with it (40 steps of a 900-step run's [630, 20, 1.5, 675] must not stay colour-frozen
     throughout); what is not a count is left for validation to name."""
     job = validate_job({"version": 1, "prompt": "a red cube", "steps": 900,
                         "guidance": {"kind": "pocket", "rule": "vsd"}})
-    assert job["guidance"]["scale"] == [450, 20.0, 1.5, 495] and job["optim"]["shape_steps"] == 450
+    assert job["guidance"]["scale"] == [630, 20.0, 1.5, 675] and job["optim"]["shape_steps"] == 630
     short = validate_job(rescaled(job, 40))
-    assert short["guidance"]["scale"] == [20, 20.0, 1.5, 22] and short["optim"]["shape_steps"] == 20
+    assert short["guidance"]["scale"] == [28, 20.0, 1.5, 30] and short["optim"]["shape_steps"] == 28
     assert short["optim"]["albedo_steps"] == 8 and short["steps"] == 40
     odd = rescaled({"steps": "many", "optim": {"shape_steps": 10}}, 40)
     assert odd == {"steps": 40, "optim": {"shape_steps": 10}}

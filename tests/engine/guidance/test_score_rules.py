@@ -191,7 +191,7 @@ def test_without_a_negative_csd_keeps_beta_at_zero_and_nfsd_its_domain_term_at_z
 def test_an_empty_negative_becomes_the_rules_published_one_at_normal_cfg(tiny_sd_folder, rule, negative, weighting):
     pocket = validate_job({"version": 1, "prompt": "a red cube", "steps": 100,
                            "guidance": {"kind": "pocket", "rule": rule}})
-    for job, scale, shape_steps in ((sd_job(tiny_sd_folder, rule=rule), 7.5, 0), (pocket, [50, 20.0, 1.5, 55], 50)):
+    for job, scale, shape_steps in ((sd_job(tiny_sd_folder, rule=rule), 7.5, 0), (pocket, [70, 20.0, 1.5, 75], 70)):
         # The pocket teacher's normal CFG (1.5) forms no shape: its default holds SDS's 20 while the
         # shape alone trains (optim.shape_steps), then ramps down to it.
         assert job["negative_prompt"] == negative and job["guidance"]["scale"] == scale, job["guidance"]["kind"]

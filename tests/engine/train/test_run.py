@@ -177,7 +177,8 @@ def test_the_shape_phase_trains_the_shape_alone(tmp_path):
     from blender_sds.engine.train.run import Run
     job = validate_job({"version": 1, "prompt": "a red cube", "steps": 4, "guidance": {"kind": "pocket", "rule": "vsd"},
                         "render": {"resolution": 16, "samples": 16, "batch": 1}, "optim": {"albedo_steps": 0}})
-    assert job["optim"]["shape_steps"] == 2  # the default ramp's start: half the run
+    assert job["optim"]["shape_steps"] == 3 == job["guidance"]["scale"][0]  # the default ramp's start: 70%
+    job["optim"]["shape_steps"] = 2
     run = Run(job, tmp_path / "run", torch.device("cpu"))
 
     def heads():
