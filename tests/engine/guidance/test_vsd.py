@@ -22,7 +22,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from blender_sds.engine.guidance import build_guidance, build_predictor
 from blender_sds.engine.guidance.estimators import camera_vector
 from blender_sds.engine.guidance.estimators.lora import LoraEstimator
-from blender_sds.engine.guidance.estimators.pixel import PixelEstimator
+from blender_sds.engine.guidance.estimators.pixel import SIGMA_DATA, PixelEstimator
 from blender_sds.engine.guidance.predictors import cuda_graphs, weights_cache
 from blender_sds.engine.scene.directions import DIRECTIONS
 from blender_sds.engine.settings import Settings
@@ -264,18 +264,12 @@ def test_the_pixel_estimator_starts_as_the_judge_where_the_noise_is_large():
     with torch.no_grad():
         z = images * 2 - 1
         eps = g.predictor.predict(a.sqrt() * z + (1 - a).sqrt() * noise, t, batch, ("prompt", "uncond"))
-    sigma2 = (1 - a) / a
-    c_skip = pocket_scalings_c_skip(sigma2)
+    c_skip = SIGMA_DATA ** 2 / ((1 - a) / a + SIGMA_DATA ** 2)  # EDM's, at sigma^2 = (1 - a) / a
     eps_pre = eps["uncond"] + 7.5 * (eps["prompt"] - eps["uncond"])
     want = 2 * (1 - a) * (eps_pre - (1 - c_skip) * eps["prompt"]) / 2  # d loss / d images = 2 grad_z / B
     floor = 64 * torch.finfo(torch.float32).eps * float(want.abs().max() + 1)
     torch.testing.assert_close(got, want, rtol=0, atol=floor)
     assert float(c_skip[1]) < 0.01 and float(c_skip[0]) > 0.8  # t 900: the judge; t 50: mostly the render
-
-
-def pocket_scalings_c_skip(sigma2: torch.Tensor) -> torch.Tensor:
-    from blender_sds.engine.guidance.estimators.pixel import SIGMA_DATA
-    return SIGMA_DATA ** 2 / (sigma2 + SIGMA_DATA ** 2)
 
 
 def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folder):

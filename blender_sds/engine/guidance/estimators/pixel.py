@@ -25,7 +25,7 @@ itself where the noise is small (there the render's own detail passes through). 
 what the renders are that the judge's guess is not. Its loss is EDM's, ||F - target||^2 with
 target = (x0 - c_skip x - (1 - c_skip) x0_judge) / c_out, which has unit variance at every t.
 Started from nothing instead (x0_judge replaced by 0, the Gaussian prior of grey renders) it
-learned too little in a run: its loss stayed near its starting 1 (0.3-0.6 anchored), and the
+learned too little in a run: its loss stayed near its starting 1 (0.2-0.65 anchored), and the
 colours it left came back washed out (docs/QUALITY.md "Saturation").
 """
 from __future__ import annotations
