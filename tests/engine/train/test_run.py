@@ -175,10 +175,11 @@ def test_the_shape_phase_trains_the_shape_alone(tmp_path):
     """optim.shape_steps: while it lasts the colour head gets no gradient (the render still shows the
     colour); the density learns. From its end the colour learns too."""
     from blender_sds.engine.train.run import Run
-    job = validate_job({"version": 1, "prompt": "a red cube", "steps": 4, "guidance": {"kind": "pocket", "rule": "vsd"},
-                        "render": {"resolution": 16, "samples": 16, "batch": 1}, "optim": {"albedo_steps": 0}})
-    assert job["optim"]["shape_steps"] == 3 == job["guidance"]["scale"][0]  # the default ramp's start: 70%
-    job["optim"]["shape_steps"] = 2
+    raw = {"version": 1, "prompt": "a red cube", "steps": 4, "guidance": {"kind": "pocket", "rule": "vsd"},
+           "render": {"resolution": 16, "samples": 16, "batch": 1}, "optim": {"albedo_steps": 0}}
+    default = validate_job(raw)
+    assert default["optim"]["shape_steps"] == 3 == default["guidance"]["scale"][0]  # the default ramp's start: 70%
+    job = validate_job({**raw, "optim": {"albedo_steps": 0, "shape_steps": 2}})
     run = Run(job, tmp_path / "run", torch.device("cpu"))
 
     def heads():

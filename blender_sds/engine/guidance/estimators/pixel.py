@@ -23,7 +23,8 @@ estimator starts as the judge where the noise is large (its eps is the judge's p
 gradient starts as eps_pre - eps_prompt, as threestudio's LoRA starts it) and as the render
 itself where the noise is small (there the render's own detail passes through). F then learns
 what the renders are that the judge's guess is not. Its loss is EDM's, ||F - target||^2 with
-target = (x0 - c_skip x - (1 - c_skip) x0_judge) / c_out, which has unit variance at every t.
+target = (x0 - c_skip x - (1 - c_skip) x0_judge) / c_out, of order one at every t (the
+render's own share, c_skip x, is what keeps it bounded where sigma is small).
 Started from nothing instead (x0_judge replaced by 0, the Gaussian prior of grey renders) it
 learned too little in a run: its loss stayed near its starting 1 (0.2-0.65 anchored), and the
 colours it left came back washed out (docs/QUALITY.md "Saturation").
