@@ -130,6 +130,25 @@ def test_ray_hits_lie_on_the_surface_with_outward_normals(name):
     assert (shape.level(along.reshape(-1, 3)) > -1e-9).all()
 
 
+def test_rays_grazing_the_torus_hit_or_miss_it_exactly(monkeypatch):
+    """Rays along X over the top of the tube, at heights just under and over it: where tracing
+    crawls, the quartic's first root gives the exact first hit, and a ray clear of the tube misses."""
+    torus = shapes.SHAPES["torus"]
+    finished = []
+    first_root = torus.first_root
+    monkeypatch.setattr(torus, "first_root", lambda *a: finished.append(len(a[0])) or first_root(*a))
+    heights = torch.tensor([-3e-3, -1e-4, 1e-4, 3e-3], dtype=torch.float64) + torus.minor
+    origins = torch.stack((torch.full_like(heights, -1.5), torch.zeros_like(heights), heights), -1)
+    dirs = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64).expand(len(heights), 3)
+    t, normal = torus.intersect(origins, dirs)
+    assert sum(finished) >= 2  # the grazing rays were the quartic's
+    under = heights < torus.minor
+    reach = torus.major + (torus.minor**2 - heights[under] ** 2).sqrt()  # |x| of the first hit
+    torch.testing.assert_close(t[under], 1.5 - reach, rtol=0, atol=1e-9)
+    assert torch.isinf(t[~under]).all()
+    assert (normal[under, 2] > 0.9).all()  # the tube's top
+
+
 @pytest.mark.parametrize("name", list(shapes.SHAPES))
 def test_truth_points_are_on_the_surface_and_inside_the_middle_of_the_bounds(name):
     bounds = {"center": (1.0, -2.0, 0.5), "size": 3.0}
