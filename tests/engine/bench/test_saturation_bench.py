@@ -23,7 +23,7 @@ POCKET = kinds.kind("pocket")
 # on it), ESD (lambda 0.5) the estimator's camera-free pass as well.
 # "sds-7.5" when the kind samples at 7.5: SDS at its sampling_scale, named by it.
 AT_SAMPLING = bench_saturation.SDS_AT_SAMPLING
-PREDICTIONS = {"sds": 2, AT_SAMPLING: 2, "nfsd": 3, "csd": 3, "vsd": 5, "esd": 6}
+PREDICTIONS = {"sds": 2, AT_SAMPLING: 2, "nfsd": 3, "csd": 3, "vsd": 4, "esd": 5}
 FIGURES = ("saturation_ratio", "brightness_ratio", "median_colour_error", "shape_r_precision",
            "colour_r_precision", "median_chamfer", "seconds_per_asset", "predictions_per_step", "peak_memory_mb",
            "peak_memory_measure", "assets", "failed")

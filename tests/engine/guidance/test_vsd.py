@@ -272,6 +272,36 @@ def test_the_pixel_estimator_starts_as_the_judge_where_the_noise_is_large():
     assert float(c_skip[1]) < 0.01 and float(c_skip[0]) > 0.8  # t 900: the judge; t 50: mostly the render
 
 
+def test_the_anchored_estimator_trains_at_the_gradients_own_sample():
+    """The pixel estimator's training pass reuses the gradient's t and noise and the judge's prompt
+    eps that CFG asked for, so it costs no judge pass of its own; the camera is still dropped at
+    random, and the next step draws afresh."""
+    rng = torch.Generator().manual_seed(6)
+    images = torch.rand(2, 3, 16, 16, generator=rng)
+    noise, t = torch.randn(2, 3, 16, 16, generator=rng), torch.tensor([120, 870])
+    batch = views(16)
+    g = build_guidance(pocket_job(scale=7.5), CPU)
+    trained, asked = [], []
+    loss, predict = g.estimator.loss, g.predictor.predict
+    g.estimator.loss = lambda *args: trained.append(args) or loss(*args)
+
+    def judge(z_t, t_in, views_in, names):
+        asked.append((z_t, t_in, predict(z_t, t_in, views_in, names)))
+        return asked[-1][2]
+
+    g.predictor.predict = judge
+    run_guidance(g, images, batch, noise=noise, t=t)
+    assert len(asked) == 1  # CFG's one call; none for the training sample
+    z, t_trained, noise_trained, camera, base = trained[0]
+    assert torch.equal(t_trained, t) and torch.equal(noise_trained, noise)
+    assert torch.equal(z, images * 2 - 1)
+    a = g.alphas_cumprod[t].view(-1, 1, 1, 1)
+    z_t, t_judged, judged = asked[0]
+    assert torch.equal(t_judged, t) and torch.equal(z_t, a.sqrt() * z + (1 - a).sqrt() * noise)
+    assert torch.equal(base, judged["prompt"])
+    assert g.anchor is None  # used once: a call without a gradient of its own would draw afresh
+
+
 def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folder):
     """camera_scale 0.5: eps_phi = free + 0.5 (camera - free), both passes in one batch. With the
     estimator answering noise + c with the camera and noise + d without, the gradient is SDS's
@@ -299,11 +329,11 @@ def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folde
         camera = camera_vector(batch, g.bounds)
         if camera_scale < 1:
             assert len(asked) == 1 and torch.equal(asked[0], torch.cat([camera, torch.zeros_like(camera)]))
-            # CFG's pair, two estimator passes, the judge at the training sample, training
-            assert float(out.figures["predictions"]) == 6
+            # CFG's pair, two estimator passes, training (at the gradient's sample: no judge pass)
+            assert float(out.figures["predictions"]) == 5
         else:
             assert len(asked) == 1 and torch.equal(asked[0], camera)
-            assert float(out.figures["predictions"]) == 5
+            assert float(out.figures["predictions"]) == 4
         # pocket samples are images * 2 - 1 at their own size: d loss / d images = 2 grad_z / B
         expected = want - 2 * (1 - a) * mixed / 2
         floor = 8 * torch.finfo(torch.float32).eps * float(want.abs().max() + 1)

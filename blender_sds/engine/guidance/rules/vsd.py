@@ -14,15 +14,19 @@ An estimator that knew the noise exactly would give SDS back; one that models th
 gives the difference between the model's score and theirs, which is why VSD works at normal
 CFG where SDS needs 100.
 
-The same step trains the estimator on the detached sample z with its diffusion loss (t uniform
-over the whole schedule, fresh noise, the camera dropped with probability camera_dropout,
-threestudio's train_lora); that loss joins GuidanceOutput.loss, so the run's one backward and
-Adam step train it (its gradient reaches nothing else), and `figures["estimator_loss"]` puts
-it in the run's log. Its draws come from a generator of its own, so the rule's noise and
-timesteps are SDS's for the same seed. `figures["predictions"]` counts the judge's passes per
-image: CFG's pair, the estimator's one or two, its training pass (one forward; its backward
-costs about two more) and, for an estimator anchored on the judge (pixel kinds), the judge's
-prompt pass at the training sample.
+The same step trains the estimator on the detached sample z with its diffusion loss, the camera
+dropped with probability camera_dropout; that loss joins GuidanceOutput.loss, so the run's one
+backward and Adam step train it (its gradient reaches nothing else), and
+`figures["estimator_loss"]` puts it in the run's log. A LoRA trains as threestudio's train_lora
+does, at t uniform over the whole schedule with fresh noise. An estimator anchored on the judge
+(pixel kinds) needs the judge's prompt eps at its training sample, so it trains at the
+gradient's own sample instead (its t from guidance.t_range, its noise), where CFG has
+asked for that eps already: a fresh draw would cost one more judge pass, about a fifth of a
+pocket step. Its prediction for the gradient is made before the step's update, so the sample
+it trains on is not one it has seen. The training draws come from a generator of their own, so
+the rule's noise and timesteps are SDS's for the same seed. `figures["predictions"]` counts the
+judge's passes per image: CFG's pair, the estimator's one or two, and its training pass (one
+forward; its backward costs about two more).
 """
 from __future__ import annotations
 
@@ -45,7 +49,8 @@ class VSD(SDS):
         self.estimator = build_estimator(settings, predictor, int(options["rank"]))
         self.part = EstimatorPart(self.estimator, options["lr"])
         self.train_generator = torch.Generator(device=self.device).manual_seed(int(settings.seed) + TRAIN_SEED_OFFSET)
-        self.judged = None
+        self.judged = None  # (z, views) of this step's gradient: the estimator's training images
+        self.anchor = None  # (t, noise, the judge's prompt eps) of this step's gradient, for an anchored estimator
 
     def trained_parts(self) -> list:
         return [self.part]
@@ -66,7 +71,10 @@ class VSD(SDS):
         return without + self.camera_scale * (with_camera - without)
 
     def residual(self, predictions, noise, z_t, t, views, step, total_steps):
-        base = predictions["prompt"] if self.estimator.anchored else None  # asked already, for CFG
+        base = None
+        if self.estimator.anchored:  # asked already, for CFG; the training pass reuses the sample
+            base = predictions["prompt"]
+            self.anchor = (t, noise, base)
         return self.combine(predictions, views) - self.estimate(z_t, t, views, base)
 
     def gradient(self, z, views, step, total_steps, noise=None, t=None):
@@ -75,19 +83,23 @@ class VSD(SDS):
 
     # -- the estimator's training ------------------------------------------------------------
     def estimator_loss(self, z: torch.Tensor, views) -> torch.Tensor:
-        """The diffusion loss on detached z: t uniform in [0, T), fresh noise, camera dropped at random."""
+        """The diffusion loss on detached z, the camera dropped at random: at the gradient's own sample
+        for an anchored estimator after a gradient, else at t uniform in [0, T) with fresh noise (and,
+        for an anchored estimator, one more judge pass for its base)."""
         g, batch = self.train_generator, z.shape[0]
-        t = torch.randint(0, self.num_train_timesteps, (batch,), generator=g, device=self.device)
-        noise = torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
+        if self.anchor is not None:
+            (t, noise, base), self.anchor = self.anchor, None
+        else:
+            t = torch.randint(0, self.num_train_timesteps, (batch,), generator=g, device=self.device)
+            noise, base = torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype), None
+            if self.estimator.anchored:
+                a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z.dtype)
+                with torch.no_grad():
+                    z_t = a.sqrt() * z + (1 - a).sqrt() * noise
+                    base = self.predictor.predict(z_t, t, views, ("prompt",))["prompt"].to(z.dtype)
+                self.predictions += 1
         keep = torch.rand(batch, generator=g, device=self.device) >= self.camera_dropout
         camera = camera_vector(views, self.bounds).to(z.device) * keep.to(z.device, torch.float32)[:, None]
-        base = None
-        if self.estimator.anchored:  # the judge's guess at the training sample: one more pass
-            a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z.dtype)
-            with torch.no_grad():
-                z_t = a.sqrt() * z + (1 - a).sqrt() * noise
-                base = self.predictor.predict(z_t, t, views, ("prompt",))["prompt"].to(z.dtype)
-            self.predictions += 1
         return self.estimator.loss(z, t, noise, camera, base)
 
     def __call__(self, images, views, step, total_steps, noise=None, t=None):
