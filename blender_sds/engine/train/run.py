@@ -75,8 +75,10 @@ class Run:
         # Every trained part brings its groups, losses and state; the judge may bring its own.
         self.parts = [FieldPart(self.field, settings.lr, settings.losses), BackgroundPart(self.background),
                       *(self.guidance.trained_parts() if self.guidance else ())]
+        # foreach: one call a step for all tensors (torch takes it by itself only on CUDA); VSD's
+        # estimator brings ~150 of them, and per-tensor steps cost a CPU step ~9 ms more.
         self.optimizer = torch.optim.Adam([g for part in self.parts for g in part.parameter_groups()],
-                                          betas=(0.9, 0.99), eps=1e-15)
+                                          betas=(0.9, 0.99), eps=1e-15, foreach=True)
         rig = self.guidance.rig if self.guidance else None  # a kind that judges only its own cameras brings them, unjittered
         self.cameras = CameraSampler(settings.cameras, device, self.generator, rig=rig, jitter=rig is None)
         self.step = 0
@@ -183,12 +185,16 @@ class Run:
             loss = loss if kept is None else loss + kept
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        # A NaN/inf step is skipped (its gradients zeroed) without a host sync; the count is
-        # read when progress is reported.
+        # A NaN/inf step is skipped (its gradients zeroed); the count is read when progress is
+        # reported. Each tensor's largest magnitude is inf or NaN exactly where it has one.
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = torch.isfinite(loss) & torch.stack([g.isfinite().all() for g in grads]).all()
-        for g in grads:
-            torch.where(finite, g, torch.zeros((), device=g.device, dtype=g.dtype), out=g)
+        finite = torch.isfinite(loss) & torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all()
+        if self.device.type == "cpu":  # reading the flag costs nothing here: zero only a bad step's
+            if not bool(finite):
+                torch._foreach_zero_(grads)
+        else:  # no host sync on an accelerator
+            for g in grads:
+                torch.where(finite, g, torch.zeros((), device=g.device, dtype=g.dtype), out=g)
         self.nonfinite += (~finite).int()
         self.optimizer.step()
         self.step += 1
