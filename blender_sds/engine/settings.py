@@ -39,6 +39,7 @@ class GuidanceSettings:
     perp_neg: dict | None  # Perp-Neg's weight triples by pair of directions (rule perp-neg only)
     front_bias: float | None  # the camera-blind pocket teacher's share of front views
     estimator: dict | None  # the trained estimator's lr, rank, camera_dropout, camera_scale (VSD only)
+    shape_steps: int  # optim.shape_steps: the shape phase, which a rule may judge apart (VSD)
     prompt: str
     negative_prompt: str
     seed: int
@@ -102,7 +103,7 @@ class Settings:
             grad_clip=g["grad_clip"], view_dependent=bool(g["view_dependent"]), dtype=g["dtype"],
             low_vram=bool(g["low_vram"]), cuda_graphs=bool(g["cuda_graphs"]), views=g["views"],
             pose_matched=bool(g["pose_matched"]), perp_neg=g["perp_neg"], front_bias=g["front_bias"],
-            estimator=g["estimator"], prompt=job["prompt"], negative_prompt=job["negative_prompt"],
+            estimator=g["estimator"], shape_steps=int(optim["shape_steps"]), prompt=job["prompt"], negative_prompt=job["negative_prompt"],
             seed=int(job["seed"]), resolution=resolution, bounds=bounds)
         cameras = CameraSettings(
             mode=c["mode"], rig=c["rig"], elevation=tuple(c["elevation"]), azimuth=tuple(c["azimuth"]),

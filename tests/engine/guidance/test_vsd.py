@@ -302,6 +302,30 @@ def test_the_anchored_estimator_trains_at_the_gradients_own_sample():
     assert g.anchor is None  # used once: a call without a gradient of its own would draw afresh
 
 
+def test_the_shape_phase_judges_by_sds_while_the_estimator_learns():
+    """Before optim.shape_steps VSD's gradient is SDS's at the same scale (its estimator is not
+    asked, and still trains); from shape_steps on it is w(t)(eps_pre - eps_phi)."""
+    rng = torch.Generator().manual_seed(7)
+    images = torch.rand(2, 3, 16, 16, generator=rng)
+    noise, t = torch.randn(2, 3, 16, 16, generator=rng), torch.tensor([300, 700])
+    batch = views(16)
+    job = validate_job({"version": 1, "prompt": "a red cube", "seed": 3, "render": {"resolution": 16},
+                        "optim": {"shape_steps": 5}, "guidance": {"kind": "pocket", "rule": "vsd", "scale": 7.5}})
+    want, _ = run_guidance(build_guidance(pocket_job(rule="sds", scale=7.5), CPU), images, batch, noise=noise, t=t)
+    g = build_guidance(job, CPU)
+    asked = []
+    g.estimator.predict = lambda z_t, t_in, camera, base=None: asked.append(t_in) or noise + 0.25
+    got, out = run_guidance(g, images, batch, step=4, noise=noise, t=t)
+    assert asked == [] and float(out.figures["predictions"]) == 3  # CFG's pair and the training pass
+    assert torch.isfinite(out.figures["estimator_loss"])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got, _ = run_guidance(g, images, batch, step=5, noise=noise, t=t)
+    assert len(asked) == 1
+    a = g.alphas_cumprod[t].view(-1, 1, 1, 1)
+    floor = 8 * torch.finfo(torch.float32).eps * float(want.abs().max() + 1)
+    torch.testing.assert_close(got, want - 2 * (1 - a) * 0.25 / 2, rtol=0, atol=floor)
+
+
 def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folder):
     """camera_scale 0.5: eps_phi = free + 0.5 (camera - free), both passes in one batch. With the
     estimator answering noise + c with the camera and noise + d without, the gradient is SDS's
@@ -314,7 +338,7 @@ def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folde
     want, _ = run_guidance(build_guidance(pocket_job(rule="sds", scale=7.5), CPU), images, batch, noise=noise, t=t)
     # 0.5 mixes symmetrically; 0.25 also tells which pass is the camera's
     for camera_scale, mixed in ((0.5, d + 0.5 * (c - d)), (0.25, d + 0.25 * (c - d)), (1.0, c)):
-        g = build_guidance(pocket_job(estimator={"camera_scale": camera_scale}), CPU)
+        g = build_guidance(pocket_job(scale=7.5, estimator={"camera_scale": camera_scale}), CPU)
         asked = []
 
         def predict(z_t, t_in, camera, base=None):
