@@ -185,16 +185,13 @@ class Run:
             loss = loss if kept is None else loss + kept
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        # A NaN/inf step is skipped (its gradients zeroed); the count is read when progress is
-        # reported. Each tensor's largest magnitude is inf or NaN exactly where it has one.
+        # A NaN/inf step is skipped (its gradients zeroed) without a host sync; the count is
+        # read when progress is reported. A tensor's largest magnitude (one foreach call for all)
+        # is inf or NaN exactly where it holds one.
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         finite = torch.isfinite(loss) & torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all()
-        if self.device.type == "cpu":  # reading the flag costs nothing here: zero only a bad step's
-            if not bool(finite):
-                torch._foreach_zero_(grads)
-        else:  # no host sync on an accelerator
-            for g in grads:
-                torch.where(finite, g, torch.zeros((), device=g.device, dtype=g.dtype), out=g)
+        for g in grads:
+            torch.where(finite, g, torch.zeros((), device=g.device, dtype=g.dtype), out=g)
         self.nonfinite += (~finite).int()
         self.optimizer.step()
         self.step += 1
