@@ -103,8 +103,8 @@ class Settings:
             grad_clip=g["grad_clip"], view_dependent=bool(g["view_dependent"]), dtype=g["dtype"],
             low_vram=bool(g["low_vram"]), cuda_graphs=bool(g["cuda_graphs"]), views=g["views"],
             pose_matched=bool(g["pose_matched"]), perp_neg=g["perp_neg"], front_bias=g["front_bias"],
-            estimator=g["estimator"], shape_steps=int(optim["shape_steps"]), prompt=job["prompt"], negative_prompt=job["negative_prompt"],
-            seed=int(job["seed"]), resolution=resolution, bounds=bounds)
+            estimator=g["estimator"], shape_steps=int(optim["shape_steps"]), prompt=job["prompt"],
+            negative_prompt=job["negative_prompt"], seed=int(job["seed"]), resolution=resolution, bounds=bounds)
         cameras = CameraSettings(
             mode=c["mode"], rig=c["rig"], elevation=tuple(c["elevation"]), azimuth=tuple(c["azimuth"]),
             distance=tuple(c["distance"]), fovy=tuple(c["fovy"]), jitter_position=c["jitter"]["position"],

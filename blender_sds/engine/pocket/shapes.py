@@ -375,19 +375,21 @@ class Torus(Shape):
         # (dd s^2 + 2 bb s + k)^2 = 4 R^2 (a s^2 + 2 bxy s + cxy), s = t - start
         coeffs = torch.stack((4 * dd * bb, 4 * bb**2 + 2 * dd * k - 4 * R2 * a, 4 * bb * k - 8 * R2 * bxy,
                               k**2 - 4 * R2 * cxy), -1) / (dd**2)[:, None]
-        companion = torch.zeros(len(o), 4, 4, dtype=torch.float64)
+        companion = torch.zeros(len(o), 4, 4, dtype=torch.float64, device=o.device)
         companion[:, 0, :] = -coeffs
-        companion[:, 1:, :3] = torch.eye(3, dtype=torch.float64)
+        companion[:, 1:, :3] = torch.eye(3, dtype=torch.float64, device=o.device)
         s = torch.linalg.eigvals(companion).real  # (N, 4)
+        c3, c2, c1, c0 = coeffs[:, :1], coeffs[:, 1:2], coeffs[:, 2:3], coeffs[:, 3:]
         for _ in range(2):  # Newton on the monic quartic, where its slope allows
-            value = s**4 + coeffs[:, :1] * s**3 + coeffs[:, 1:2] * s**2 + coeffs[:, 2:3] * s + coeffs[:, 3:]
-            slope = 4 * s**3 + 3 * coeffs[:, :1] * s**2 + 2 * coeffs[:, 1:2] * s + coeffs[:, 2:3]
-            s = torch.where(slope.abs() > 1e-12, s - value / slope.where(slope != 0, torch.ones_like(slope)), s)
+            value = s**4 + c3 * s**3 + c2 * s**2 + c1 * s + c0
+            slope = 4 * s**3 + 3 * c3 * s**2 + 2 * c2 * s + c1
+            steep = slope.abs() > 1e-12
+            s = torch.where(steep, s - value / torch.where(steep, slope, torch.ones_like(slope)), s)
         on = self.level((o[:, None, :] + s[..., None] * d[:, None, :]).reshape(-1, 3)).view(s.shape).abs()
         valid = (s >= -self.HIT_EPSILON) & (s + start[:, None] <= far[:, None]) & (on < self.HIT_EPSILON)
         first = torch.where(valid, s, torch.full_like(s, MISS)).min(-1).values
         hit = torch.isfinite(first)
-        return (start + first.clamp_min(0).where(hit, torch.zeros_like(first)).to(start.dtype)), hit
+        return start + torch.where(hit, first.clamp_min(0), torch.zeros_like(first)).to(start.dtype), hit
 
     def sample(self, n, generator):
         # Area element (R + r cos phi) dphi dtheta: rejection-sample phi.

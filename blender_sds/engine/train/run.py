@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils import get_total_norm
 
 from . import artifacts, faults, memory, start_mesh
 from ..scene.cameras import CameraSampler, fixed_views
@@ -186,10 +187,10 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # A NaN/inf step is skipped (its gradients zeroed) without a host sync; the count is
-        # read when progress is reported. A tensor's largest magnitude (one foreach call for all)
-        # is inf or NaN exactly where it holds one.
+        # read when progress is reported. The largest magnitude of all (one foreach call) is inf
+        # or NaN exactly where a gradient holds one.
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = torch.isfinite(loss) & torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all()
+        finite = torch.isfinite(loss) & get_total_norm(grads, float("inf"), foreach=True).isfinite()
         for g in grads:
             torch.where(finite, g, torch.zeros((), device=g.device, dtype=g.dtype), out=g)
         self.nonfinite += (~finite).int()
