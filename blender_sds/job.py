@@ -64,7 +64,6 @@ KEEP_SHAPE_SCHEDULES = ("constant", "linear")  # linear: falls to zero at the la
 DEFAULT_KEEP_SHAPE = 10.0  # with init.mesh; docs/QUALITY.md "Starting from a mesh" measures the choices
 DEFAULT_TARGET_FACES = 30000  # an editable mesh; 0 keeps every marching-cubes face
 DEFAULT_SMOOTH = 40  # Taubin steps on the extracted surface; docs/QUALITY.md "Smoothing" measures the choice
-MESH_THRESHOLD_WORDS = ("auto", "visual")  # fixed levels 10, 5, 2.5; or where the field renders half opaque first
 
 
 def preset_table(kind: str) -> dict[str, dict]:
@@ -667,9 +666,9 @@ def _init(raw, base_dir) -> dict:
 def _mesh(raw, preset: dict) -> dict:
     m = _object(raw, "mesh", ("resolution", "threshold", "min_component", "target_faces", "smooth"))
     threshold = m.get("threshold", "auto")
-    if threshold not in MESH_THRESHOLD_WORDS:
+    if threshold != "auto":
         if isinstance(threshold, str) or not _is_number(threshold):
-            raise JobError("mesh.threshold", f"must be \"auto\", \"visual\" or a number > 0, got {_describe(threshold)}")
+            raise JobError("mesh.threshold", f"must be \"auto\" or a number > 0, got {_describe(threshold)}")
         threshold = _number(threshold, "mesh.threshold", gt=0)
     return {"resolution": _int(m.get("resolution", preset["mesh_resolution"]), "mesh.resolution", 16, 1024),
             "threshold": threshold,

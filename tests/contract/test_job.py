@@ -211,7 +211,7 @@ MALFORMED = [
     ("checkpoint-missing", put("init", "checkpoint", "nowhere/checkpoint.pt"), "init.checkpoint", "no such file"),
     ("checkpoint-is-folder", put("init", "checkpoint", "previous-run"), "init.checkpoint", "is a folder"),
     ("resume-without-checkpoint", put("init", {"resume": True}), "init.resume", "needs init.checkpoint"),
-    ("threshold-word", put("mesh", "threshold", "high"), "mesh.threshold", "\"auto\", \"visual\" or a number > 0, got 'high'"),
+    ("threshold-word", put("mesh", "threshold", "high"), "mesh.threshold", "\"auto\" or a number > 0, got 'high'"),
     ("mesh-resolution-small", put("mesh", "resolution", 8), "mesh.resolution", "16 .. 1024"),
     ("progress-every-zero", put("output", {"progress_every": 0}), "output.progress_every", ">= 1, got 0"),
     ("mesh-and-checkpoint", put("init", "mesh", "blockout.obj"), "init.mesh", "two starting points; give one"),

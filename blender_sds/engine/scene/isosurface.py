@@ -6,14 +6,6 @@ An empty mesh is never returned: the wrong threshold is the most common export c
 the reference implementations (stable-dreamfusion #181/#268, threestudio #52), so "auto"
 falls back through lower levels and a field with no surface raises `MeshError` that says
 which levels were tried, how dense the field got, and what to change.
-
-"visual" first tries the field's own visual level (`visual_level`): the density at which the
-renderer's rays reach half opacity, then falls back as "auto" does. A trained field is not
-a step: its density rises over a shell a few cells thick. On the pocket world the fixed
-level 10 meshes the outside of that shell, 2-3% of the bounds outside the truth, and the
-visual level cuts Chamfer by a tenth to a third; on the reference box, whose field is a
-faint shell round a noisy inside, it meshes too deep (docs/QUALITY.md "The mesh's level").
-So it is an option, not the default.
 """
 from __future__ import annotations
 
@@ -26,11 +18,9 @@ from scipy import ndimage
 from skimage import measure
 
 from . import remesh
-from ...job import MESH_THRESHOLD_WORDS
 from .colour import srgb_to_linear
 
-AUTO_THRESHOLDS = (10.0, 5.0, 2.5)  # "auto"; "visual" tries these after the visual level
-HALF_OPACITY_DEPTH = math.log(2.0)  # optical depth at which a ray's transmittance is 1/2
+AUTO_THRESHOLDS = (10.0, 5.0, 2.5)
 
 # 26-connectivity: voxels touching only at an edge or corner may still be joined by the
 # marching-cubes surface, so they count as one piece and are kept or dropped together.
@@ -102,9 +92,6 @@ def extract_mesh(
         raise ValueError(f"mesh.min_component must be a number in [0, 1], got {min_component!r}")
     center_t, size, resolution = _check_box(center, size, resolution)
     grid = density_grid(density_fn, center_t, size, resolution, device).numpy()
-    if threshold == "visual":
-        visual = visual_level(grid)
-        levels = ((visual,) if visual is not None else ()) + levels
 
     for level in levels:
         solid = _drop_floaters(grid > level, min_component)
@@ -134,39 +121,6 @@ def extract_mesh(
     raise MeshError(
         f"no surface at mesh.threshold {tried} (density found in the bounds: max {peak:.3g}); {hint}"
     )
-
-
-def visual_level(grid: np.ndarray) -> float | None:
-    """The density level where rays through `grid` reach half opacity, as the renderer composites
-    (density in units of 1/bounds.size, so one cell is 1/R of optical depth per unit density).
-
-    Rays run along the six axis directions, one per cell column; on each ray that gets to an
-    optical depth of ln 2 the level is read where it does, between the cell before and the
-    cell that crosses (linearly, at the fraction of the crossing cell's depth still needed), so
-    a surface sharper than a cell gets a level inside its own jump rather than its plateau.
-    The median over all such rays; None when no ray reaches half opacity.
-    """
-    resolution = grid.shape[0]
-    found = []
-    for axis in range(3):
-        for flip in (False, True):
-            rays = np.moveaxis(grid, axis, -1).reshape(-1, resolution)
-            rays = rays[:, ::-1] if flip else rays
-            rays = rays[rays.sum(-1) / resolution >= HALF_OPACITY_DEPTH]
-            if not len(rays):
-                continue
-            depth = np.cumsum(rays, axis=-1, dtype=np.float64) / resolution
-            k = (depth < HALF_OPACITY_DEPTH).sum(-1)  # the first cell at or past ln 2
-            rows = np.arange(len(rays))
-            here = rays[rows, k].astype(np.float64)
-            before = np.where(k > 0, rays[rows, np.maximum(k - 1, 0)], 0.0)
-            depth_before = np.where(k > 0, depth[rows, np.maximum(k - 1, 0)], 0.0)
-            needed = np.clip((HALF_OPACITY_DEPTH - depth_before) * resolution / np.maximum(here, 1e-12), 0, 1)
-            found.append(before + needed * (here - before))
-    if not found:
-        return None
-    level = float(np.median(np.concatenate(found)))
-    return level if math.isfinite(level) and level > 0 else None
 
 
 def _drop_floaters(solid: np.ndarray, min_component: float) -> np.ndarray | None:
@@ -265,10 +219,10 @@ def _per_point(values, count: int, name: str, width: int) -> torch.Tensor:
 
 
 def _check_threshold(threshold) -> tuple[float, ...]:
-    if threshold in MESH_THRESHOLD_WORDS:
+    if threshold == "auto":
         return AUTO_THRESHOLDS
     if isinstance(threshold, bool) or not isinstance(threshold, Real) or not math.isfinite(threshold) or threshold <= 0:
-        raise ValueError(f'mesh.threshold must be "auto", "visual" or a number > 0, got {threshold!r}')
+        raise ValueError(f'mesh.threshold must be "auto" or a number > 0, got {threshold!r}')
     return (float(threshold),)
 
 

@@ -131,46 +131,6 @@ def test_colours_are_linear_rgba_queried_at_the_vertices():
     assert np.mean((read_at - x)[poles] * offset[poles]) < -0.5 * (SIZE / 24) / SIZE
 
 
-def soft_ball(radius=0.5, surface=10.0, shell=0.05, core=500.0):
-    """A trained field's kind of surface: density rising e-fold per `shell` (world units) inward,
-    `surface` at `radius`, capped at `core`."""
-    c = torch.tensor(CENTER, dtype=torch.float32)
-
-    def density(points):
-        r = (points - c.to(points.device)).norm(dim=-1)
-        return (surface * torch.exp((radius - r) / shell)).clamp(max=core)
-
-    return density
-
-
-def test_visual_meshes_a_soft_surface_where_it_renders_half_opaque():
-    res, shell = 96, 0.05
-    mesh = extract_mesh(soft_ball(shell=shell), grey, CENTER, SIZE, resolution=res, threshold="visual")
-    radius = np.linalg.norm(mesh["vertices"] - np.array(CENTER), axis=1).mean()
-    # Along a ray through the centre the optical depth (density x length / bounds.size) reaches
-    # ln 2 where 10 * shell * exp((0.5 - r) / shell) / SIZE = ln 2; rays off the centre cross
-    # the shell on longer chords and get there sooner, so the visual level lies between.
-    half_opaque = 0.5 + shell * math.log(10.0 * shell / (SIZE * math.log(2)))
-    assert half_opaque - SIZE / res <= radius <= 0.5 - 0.5 * SIZE / res, (radius, half_opaque)
-    assert 10.0 < mesh["threshold"] < math.log(2) * SIZE / shell
-    auto = extract_mesh(soft_ball(shell=shell), grey, CENTER, SIZE, resolution=res)  # the fixed level 10
-    assert auto["threshold"] == 10.0
-    assert np.linalg.norm(auto["vertices"] - np.array(CENTER), axis=1).mean() == pytest.approx(0.5, abs=0.1 * SIZE / res)
-
-
-def test_visual_level_reads_the_crossing_inside_a_sharp_jump():
-    # Rays of 8 cells: 0 then 80 (optical depth 10 a cell). ln 2 is reached 0.69/10 of the way
-    # into the jump: the level interpolates 0 -> 80 there, not the plateau's 80.
-    grid = np.zeros((8, 8, 8), dtype=np.float32)
-    grid[2:6, 2:6, 2:6] = 80.0
-    assert isosurface.visual_level(grid) == pytest.approx(80.0 * math.log(2) * 8 / 80.0, rel=1e-5)
-    assert isosurface.visual_level(np.full((8, 8, 8), 0.05, dtype=np.float32)) is None  # never half opaque
-    # A field never half opaque falls back to the fixed levels.
-    faint = extract_mesh(ball(peak=12.0, radius=0.05, sharpness=400.0), grey, CENTER, SIZE, resolution=64,
-                         threshold="visual")
-    assert faint["threshold"] == 10.0 and len(faint["faces"]) > 20
-
-
 @pytest.mark.parametrize("peak, expected", [(12.0, 10.0), (7.0, 5.0)])
 def test_auto_threshold_falls_back_for_a_faint_object(peak, expected):
     mesh = extract_mesh(ball(peak=peak), grey, CENTER, SIZE, resolution=24)
