@@ -114,6 +114,27 @@ class MeshSolid:
         offset = (cells[pick] + 0.5 + jitter) * self.cell - self.size / 2
         return offset + torch.as_tensor(self.center, dtype=torch.float32)
 
+    @torch.no_grad()
+    def coverage(self, views) -> torch.Tensor:
+        """(B,1,H,W): 1 where a pixel's ray passes through the mesh's inside, 0 where it misses it,
+        from the rays the renderer casts for `views` (its jitter included). Samples every half
+        cell along each ray, so a part a cell thick is not stepped over."""
+        from .cameras import ray_bundle
+        from .renderer import ray_box
+
+        origins, dirs = (x.reshape(-1, 3) for x in ray_bundle(views))
+        center = torch.as_tensor(self.center, dtype=origins.dtype, device=origins.device)
+        near, far = ray_box(origins, dirs, center, self.size)
+        span = (far - near).clamp(min=0)
+        samples = int(np.ceil(2 * np.sqrt(3) * self.resolution))
+        covered = torch.zeros(len(origins), device=origins.device)
+        steps = (torch.arange(samples, device=origins.device, dtype=origins.dtype) + 0.5) / samples
+        for rows in torch.arange(len(origins), device=origins.device).split(max(1, CHUNK // samples)):
+            t = near[rows, None] + span[rows, None] * steps
+            points = origins[rows, None] + t[..., None] * dirs[rows, None]
+            covered[rows] = self.sample("inside", points.reshape(-1, 3)).view(len(rows), samples).amax(-1)
+        return (covered > 0.5).float().view(views.size, 1, views.height, views.width)
+
     def in_box(self, count: int, generator: torch.Generator) -> torch.Tensor:
         unit = torch.rand(count, 3, generator=generator) - 0.5
         return unit * self.size + torch.as_tensor(self.center, dtype=torch.float32)

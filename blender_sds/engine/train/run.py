@@ -182,7 +182,7 @@ class Run:
             for weighted in part.losses(out).values():
                 loss = loss + weighted
         if self.keep_shape is not None:
-            kept = self.keep_shape.loss(self.field, self.step, total)
+            kept = self.keep_shape.loss(self.field, self.step, total, views, out.opacity)
             loss = loss if kept is None else loss + kept
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

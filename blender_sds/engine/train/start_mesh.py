@@ -3,9 +3,13 @@
 The fit is supervised and short (Adam on the field's own parameter groups, at points
 scattered over the box and around the surface), so score distillation starts from the
 blockout's shape and colours instead of a density blob. `KeepShape` is the loss of
-`optim.keep_shape`: binary cross-entropy between the field's occupancy and the mesh's, at
-points around the mesh's surface, weighted constant or falling to zero over the run. It
-reads the mesh's grid, not the mesh, so it costs one small field query a step.
+`optim.keep_shape`, weighted constant or falling to zero over the run, in two parts:
+binary cross-entropy between the field's occupancy and the mesh's at points around the
+mesh's surface, and the squared difference between each judged render's opacity and the
+mesh's coverage from the same camera (its outline), summed over pixels as the judge's loss
+is. The outline is where the judge pushes (a camera-blind teacher widens a stretched cube
+to the cube it knows), so that is where the edit must be held. Both read the mesh's grid,
+not the mesh.
 """
 from __future__ import annotations
 
@@ -24,6 +28,12 @@ FIT_STEPS = 200  # ~10 s on one CPU core; IoU ~0.95 (the disagreement is the cel
 FIT_BATCH = 4096
 FIT_LR = 0.03
 KEEP_BATCH = 1024  # a pocket step renders ~20k points: this adds a few percent
+# The outline's weight beside the occupancy term's, per pixel: keep_shape 10 pulls each wrong
+# pixel's opacity with 100 x its error, where the judge's own per-pixel gradient is ~1 (3-8 at
+# its 99th percentile). A pocket cube stretched 1.6x and refined the whole 900 steps kept its
+# height/width within 1% at this weight (docs/QUALITY.md "Starting from a mesh"); at 1 it lost
+# 20%, and with no outline term 29%: the 3D term alone, at 1,024 points a step, barely touches the outline.
+SILHOUETTE = 10.0
 OCCUPANCY_SHARPNESS = 2.0  # logistic slope in log-density: 1/2 at the surface level, ~0.9 at three times it
 
 
@@ -92,7 +102,10 @@ class KeepShape:
             return self.weight * max(0.0, 1.0 - step / max(total, 1))
         return self.weight
 
-    def loss(self, field: Field, step: int, total: int) -> torch.Tensor | None:
+    def loss(self, field: Field, step: int, total: int, views=None, opacity: torch.Tensor | None = None
+             ) -> torch.Tensor | None:
+        """The weighted loss at `step` of `total` (None at weight 0); the outline term only when
+        the judged `views` and their rendered `opacity` (B,1,H,W) are given."""
         weight = self.weight_at(step, total)
         if weight <= 0:
             return None
@@ -101,4 +114,8 @@ class KeepShape:
                             self.solid.near_surface(half, self.generator)]).to(field.center.device)
         density = field.density(points)
         logit = OCCUPANCY_SHARPNESS * (torch.log(density + 1e-6) - torch.log(torch.tensor(SURFACE_DENSITY)))
-        return weight * F.binary_cross_entropy_with_logits(logit, self.solid.sample("inside", points))
+        loss = weight * F.binary_cross_entropy_with_logits(logit, self.solid.sample("inside", points))
+        if views is not None:
+            mask = self.solid.coverage(views).to(opacity.device)
+            loss = loss + weight * SILHOUETTE * 0.5 * (opacity - mask).pow(2).sum() / opacity.shape[0]
+        return loss

@@ -153,3 +153,31 @@ def test_keep_shape_pulls_the_field_to_the_mesh_and_its_schedule_falls(tmp_path,
     linear = KeepShape(solid, 2.0, "linear", generator)
     assert (linear.weight_at(0, 100), linear.weight_at(50, 100), linear.weight_at(100, 100)) == (2.0, 1.0, 0.0)
     assert linear.loss(field, 100, 100) is None
+
+
+def test_the_start_meshs_coverage_is_its_silhouette_from_the_renderers_rays(tmp_path):
+    """A box's coverage, from three cameras, equals where the renderer's rays meet the box
+    (ray_box, exact): pixels may differ only along the outline, where a ray passes within a
+    grid cell of an edge."""
+    from blender_sds.engine.scene.cameras import fixed_views, ray_bundle
+    from blender_sds.engine.scene.renderer import ray_box
+
+    side, at = 0.6, (0.2, -0.1, 0.1)
+    box = trimesh.creation.box(extents=(side, side, side))
+    box.apply_translation(at)
+    np.savez(tmp_path / "box.npz", vertices=box.vertices, faces=box.faces)
+    solid = load_solid(str(tmp_path / "box.npz"), (0, 0, 0), SIZE)
+    views = fixed_views([0, 0, 0], SIZE, (0.0, 60.0, 150.0), 20.0, 64)
+    covered = solid.coverage(views)
+    origins, dirs = (x.reshape(-1, 3) for x in ray_bundle(views))
+    near, far = ray_box(origins, dirs, torch.tensor(at, dtype=torch.float32), side)
+    truth = (far > near).float().view_as(covered)
+    assert covered.shape == (3, 1, 64, 64) and set(covered.unique().tolist()) <= {0.0, 1.0}
+    differ = covered != truth
+    # The outline: pixels with a neighbour of the other class in the truth.
+    t = truth[:, 0]
+    edge = torch.zeros_like(t, dtype=torch.bool)
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        edge |= t != torch.roll(t, (dy, dx), dims=(1, 2))
+    assert not (differ[:, 0] & ~edge).any()
+    assert differ.sum() <= 0.1 * truth.sum(), (int(differ.sum()), int(truth.sum()))
