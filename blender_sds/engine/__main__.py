@@ -114,7 +114,7 @@ def cmd_serve(args) -> int:
     return serve.main(args)
 
 
-BENCHMARKS = ("quality", "janus", "saturation", "blockout", "smoothing", "speed", "mesh", "hashgrid", "cfg")  # modules of engine/bench that print figures
+BENCHMARKS = ("quality", "janus", "saturation", "blockout", "edits", "smoothing", "speed", "mesh", "hashgrid", "cfg")  # modules of engine/bench that print figures
 
 
 def cmd_bench(args, rest: list[str]) -> int:
