@@ -146,7 +146,8 @@ def test_artist_mesh_jobs(blender, run_scenario, cube_result):
 # -- real runs -----------------------------------------------------------------------------------
 
 # Refine's steps in the acceptance cases, passed as the operator's `steps`: the pocket world's
-# own default (its draft preset's 400) takes minutes a run on two shared cores.
+# own default (its draft preset's 400) takes minutes a run on two shared cores. The same two
+# edits over a full-length refine are measured by `bench edits` (docs/QUALITY.md "Starting from a mesh").
 REFINE_STEPS = 40
 # Fine enough that one marching-cubes cell is a few percent of the asset, for the ratios below.
 E2E_OVERRIDES = {**TINY_OVERRIDES, "mesh": {"resolution": 48}}
