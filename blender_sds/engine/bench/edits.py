@@ -144,7 +144,7 @@ def refine(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
     with np.load(out_dir / MESH_FILE) as data:
         vertices, faces = data["vertices"], data["faces"]
     return {"seconds": time.monotonic() - started, "ratio": height_ratio(vertices),
-            "volumes": (vertices, faces)}
+            "mesh": (vertices, faces)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                 said = (f"height/width {m['generated_ratio']:.2f} -> edited {m['edited_ratio']:.2f} -> "
                         f"refined {r['ratio']:.2f} ({100 * m['ratio_error']:+.1f}%)")
             else:
-                m["grown_back"] = volume_above(*r["volumes"], m["plane"], plan[i][0]["bounds"])
+                m["grown_back"] = volume_above(*r.pop("mesh"), m["plane"], plan[i][0]["bounds"])
                 m["grown_fraction"] = m["grown_back"] / m["removed"] if m["removed"] > 0 else None
-                said = f"removed {m['removed']:.3f}, grown back {m['grown_back']:.3f} ({100 * m['grown_fraction']:.1f}%)"
+                share = "n/a" if m["grown_fraction"] is None else f"{100 * m['grown_fraction']:.1f}%"
+                said = f"removed {m['removed']:.3f}, grown back {m['grown_back']:.3f} ({share})"
             m["seconds"] = r["seconds"]
             print(f"{m['prompt']:<16} {m['case']:<5} keep_shape {m['keep_shape']:g}, {m['steps']} steps: {said}  "
                   f"{r['seconds']:.0f} s", file=report, flush=True)

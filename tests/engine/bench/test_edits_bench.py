@@ -70,3 +70,17 @@ def test_bad_options_are_refused_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         edits.parse_args(argv)
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_bench_runs_both_edits_end_to_end(tmp_path, capsys):
+    """A short run of the whole bench (20 steps): each case reports its own measure."""
+    assert edits.main(["--steps", "20", "--prompts", "a red cube", "--jobs", "1", "--out", str(tmp_path),
+                       "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tall, cut = out["results"]
+    assert (tall["case"], cut["case"]) == ("tall", "cut") and tall["steps"] == cut["steps"] == 20
+    assert tall["edited_ratio"] == pytest.approx(1.6 * tall["generated_ratio"], rel=1e-3)
+    assert tall["refined_ratio"] > 0 and tall["ratio_error"] == pytest.approx(
+        tall["refined_ratio"] / tall["edited_ratio"] - 1)
+    assert cut["removed"] > 0 and 0 <= cut["grown_fraction"] <= 1
+    assert (tmp_path / "a_red_cube" / "cut" / edits.START_FILE).is_file()
