@@ -131,6 +131,7 @@ def refine_job(generated: dict, start: Path, vertices: np.ndarray, args: argpars
 
 
 def generate(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
+    """One run, timed (a module-level function: run_all sends it to worker processes)."""
     from ..train.run import run_job
     started = time.monotonic()
     run_job(job, out_dir, device=args.device)
@@ -138,13 +139,10 @@ def generate(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
 
 
 def refine(job: dict, args: argparse.Namespace, out_dir: Path) -> dict:
-    from ..train.run import run_job
-    started = time.monotonic()
-    run_job(job, out_dir, device=args.device)
+    ran = generate(job, args, out_dir)
     with np.load(out_dir / MESH_FILE) as data:
         vertices, faces = data["vertices"], data["faces"]
-    return {"seconds": time.monotonic() - started, "ratio": height_ratio(vertices),
-            "mesh": (vertices, faces)}
+    return {**ran, "ratio": height_ratio(vertices), "mesh": (vertices, faces)}
 
 
 def main(argv: list[str] | None = None) -> int:

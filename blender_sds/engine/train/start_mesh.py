@@ -116,6 +116,6 @@ class KeepShape:
         logit = OCCUPANCY_SHARPNESS * (torch.log(density + 1e-6) - torch.log(torch.tensor(SURFACE_DENSITY)))
         loss = weight * F.binary_cross_entropy_with_logits(logit, self.solid.sample("inside", points))
         if views is not None:
-            mask = self.solid.coverage(views).to(opacity.device)
+            mask = self.solid.coverage(views)  # on the views' device, which rendered `opacity`
             loss = loss + weight * SILHOUETTE * 0.5 * (opacity - mask).pow(2).sum() / opacity.shape[0]
         return loss
