@@ -44,7 +44,7 @@ _GUIDANCE_KEYS = ("kind", "rule", "model", "config", "scale", "t_range", "t_sche
 PERP_NEG_WEIGHTS = {"f_fs": [4.0, 0.5, -2.426], "f_sf": [4.0, 0.5, -2.426], "f_sb": [1.0, 0.5, -0.606],
                     "f_fsb": [1.0, 0.5, 0.967]}
 # A kind with a shape_scale: under a normal-CFG rule its default scale is held until this share of
-# the run (the shape phase, the colour frozen: optim.shape_steps) and reaches the sampling scale
+# the run (the shape phase: optim.shape_steps, optim.shape_colour) and reaches the sampling scale
 # soon after (docs/QUALITY.md "Saturation").
 NORMAL_CFG_RAMP = (0.7, 0.75)
 # VSD's estimator (threestudio's stable_diffusion_vsd_guidance): its learning rate, LoRA rank, the
@@ -60,6 +60,7 @@ BOUNDS_SIZE = (1e-3, 1e4)  # a millimetre to ten kilometres, in Blender units (m
 MAX_COORDINATE = 1e6  # bounds centre and camera positions
 MAX_RENDER_POINTS = 2**31  # render resolution^2 x batch x samples: past int32 indexing, and ~TBs of memory
 MESH_SUFFIXES = (".npz", ".obj", ".ply", ".glb", ".gltf", ".stl", ".off")  # init.mesh: ours, or through trimesh
+SHAPE_COLOURS = ("frozen", "restart")  # optim.shape_colour: the colour in the shape phase
 KEEP_SHAPE_SCHEDULES = ("constant", "linear")  # linear: falls to zero at the last step
 DEFAULT_KEEP_SHAPE = 10.0  # with init.mesh; docs/QUALITY.md "Starting from a mesh" measures the choices
 DEFAULT_TARGET_FACES = 30000  # an editable mesh; 0 keeps every marching-cubes face
@@ -616,9 +617,10 @@ def _render(raw, preset: dict) -> dict:
     return render
 
 
-def _optim(raw, spec: kinds.KindSpec, steps: int, from_mesh: bool, shape_steps: int) -> dict:
+def _optim(raw, spec: kinds.KindSpec, steps: int, init: dict, shape_steps: int, rule: str) -> dict:
     o = _object(raw, "optim", ("lr", "orientation", "sparsity", "opaque", "albedo_steps", "shape_steps",
-                               "keep_shape", "keep_shape_schedule"))
+                               "shape_colour", "keep_shape", "keep_shape_schedule"))
+    from_mesh = init["mesh"] is not None
     text = spec.regularise
     counted = {}
     for key, default in (("albedo_steps", int(0.2 * steps)), ("shape_steps", shape_steps)):
@@ -630,9 +632,20 @@ def _optim(raw, spec: kinds.KindSpec, steps: int, from_mesh: bool, shape_steps: 
             "sparsity": _number(o.get("sparsity", 1.0 if text else 0.0), "optim.sparsity", ge=0),
             "opaque": _number(o.get("opaque", spec.opaque), "optim.opaque", ge=0),
             **counted,
+            "shape_colour": _shape_colour(o.get("shape_colour"), rule, init, counted["shape_steps"]),
             "keep_shape": _keep_shape(o.get("keep_shape", DEFAULT_KEEP_SHAPE if from_mesh else 0.0), from_mesh),
             "keep_shape_schedule": _choice(o.get("keep_shape_schedule", "constant"), "optim.keep_shape_schedule",
                                            KEEP_SHAPE_SCHEDULES, "schedule")}
+
+
+def _shape_colour(value, rule: str, init: dict, shape_steps: int) -> str:
+    """The measured default (docs/QUALITY.md "Saturation"): VSD's shape comes out closer with a
+    colour that learns and then restarts; a start that brings its colours (init.mesh, a refined
+    checkpoint) keeps them frozen instead, as every other rule does."""
+    if value is None:
+        fresh = init["mesh"] is None and init["checkpoint"] is None
+        return "restart" if fresh and rule == "vsd" and shape_steps > 0 else "frozen"
+    return _choice(value, "optim.shape_colour", SHAPE_COLOURS, "mode")
 
 
 def _keep_shape(value, from_mesh: bool) -> float:
@@ -755,7 +768,7 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
         "guidance": guidance,
         "cameras": cameras,
         "render": _render(raw.get("render", {}), preset),
-        "optim": _optim(raw.get("optim", {}), spec, steps, init["mesh"] is not None, shape_steps),
+        "optim": _optim(raw.get("optim", {}), spec, steps, init, shape_steps, guidance["rule"]),
         "init": init,
         "mesh": _mesh(raw.get("mesh", {}), preset),
         "output": _output(raw.get("output", {})),

@@ -83,7 +83,8 @@ class Settings:
     lr: float
     losses: LossWeights
     albedo_steps: int
-    shape_steps: int  # the colour learns from this step on
+    shape_steps: int  # the shape phase of a normal-CFG ramp
+    shape_colour: str  # the colour in the shape phase: "frozen" or "restart" (at shape_steps)
     keep_shape: float  # with init.mesh: engine/train/start_mesh.py
     keep_shape_schedule: str
     render_batch: int
@@ -116,7 +117,7 @@ class Settings:
                    losses=LossWeights(orientation=optim["orientation"], sparsity=optim["sparsity"],
                                       opaque=optim["opaque"]),
                    albedo_steps=int(optim["albedo_steps"]), shape_steps=int(optim["shape_steps"]),
-                   keep_shape=float(optim["keep_shape"]),
+                   shape_colour=optim["shape_colour"], keep_shape=float(optim["keep_shape"]),
                    keep_shape_schedule=optim["keep_shape_schedule"], render_batch=int(job["render"]["batch"]),
                    render_samples=int(job["render"]["samples"]), mesh=dict(job["mesh"]),
                    output=dict(job["output"]), init=dict(job["init"]))

@@ -54,8 +54,9 @@ FRONT_BIAS = 0.8
 # scale at which its own DDIM samples keep their saturation (`bench cfg`: |dS| <= 0.05 at 1.5 over
 # four prompts, +0.11 for a green cube at 2; docs/QUALITY.md "Saturation"). SD's 7.5 means the
 # same for SD. At 1.5 alone no rule forms a cube (a sphere comes back), so those rules hold
-# SHAPE_SCALE while the shape forms, the colour frozen (optim.shape_steps), and then ramp down
-# to it (kinds.KindSpec.shape_scale). SDS's own 20: at 7.5 5 of 12 shapes came back rounder.
+# SHAPE_SCALE while the shape forms (optim.shape_steps; the colour frozen, or restarted after it:
+# optim.shape_colour), and then ramp down to it (kinds.KindSpec.shape_scale). SDS's own 20: at
+# 7.5 5 of 12 shapes came back rounder.
 SAMPLING_SCALE = 1.5
 SHAPE_SCALE = 20.0
 

@@ -282,7 +282,7 @@ def test_design_example_normalises_with_defaults(base):
     assert cam["type"] == "PERSP" and cam["name"] is None
 
     assert job["optim"] == {"lr": 0.01, "orientation": 10.0, "sparsity": 1.0, "opaque": 0.0, "albedo_steps": 1000,
-                            "shape_steps": 0, "keep_shape": 0.0, "keep_shape_schedule": "constant"}
+                            "shape_steps": 0, "shape_colour": "frozen", "keep_shape": 0.0, "keep_shape_schedule": "constant"}
     assert job["init"] == {"checkpoint": str(base / "previous-run" / "checkpoint.pt"), "resume": False, "mesh": None}
     assert job["mesh"] == {"resolution": 256, "threshold": "auto", "min_component": 0.05, "target_faces": 30000,
                            "smooth": 40}

@@ -235,8 +235,8 @@ class Field(nn.Module):
         h = self.cfg.hidden
         self.density_head = nn.Sequential(nn.Linear(self.encoding.out_dim, h), nn.ReLU(), nn.Linear(h, 1))
         self.albedo_head = nn.Sequential(nn.Linear(self.encoding.out_dim, h), nn.ReLU(), nn.Linear(h, 3))
-        # False while a run trains the shape alone (optim.shape_steps): the albedo is read but
-        # passes no gradient, to its head or through it to the shared encoding.
+        # False while a run trains the shape alone (optim.shape_colour "frozen"): the albedo is
+        # read but passes no gradient, to its head or through it to the shared encoding.
         self.colour_learns = True
 
     def normalise(self, points: torch.Tensor) -> torch.Tensor:
@@ -260,6 +260,15 @@ class Field(nn.Module):
             return density, None
         albedo = torch.sigmoid(self.albedo_head(enc))
         return density, albedo if self.colour_learns else albedo.detach()
+
+    @torch.no_grad()
+    def restart_colour(self) -> list[nn.Parameter]:
+        """Albedo back to an even grey (0.5, the sigmoid of 0) everywhere; the shape and the
+        shared encoding are kept. Returns the parameters reset, whose optimiser state is stale."""
+        last = self.albedo_head[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        return [last.weight, last.bias]
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
         return self.forward(points, with_albedo=False)[0]

@@ -163,6 +163,18 @@ class Run:
         scale = 0.8 + 0.7 * torch.rand(dist.shape, generator=self.generator, device=self.device)
         return center + torch.nn.functional.normalize(offset + noise, dim=-1) * dist * scale
 
+    def shape_phase_colour(self, step: int) -> None:
+        """optim.shape_colour: "frozen" keeps the colour still until shape_steps; "restart" lets
+        it learn with the shape (a coloured object is easier to judge) and, at exactly
+        shape_steps (so a resumed run does it once), sends it back to grey with fresh Adam
+        moments, so the shape phase's high-CFG colours do not carry into the result."""
+        settings = self.settings
+        if settings.shape_colour == "frozen":
+            self.field.colour_learns = step >= settings.shape_steps
+        elif step == settings.shape_steps > 0:
+            for param in self.field.restart_colour():
+                self.optimizer.state.pop(param, None)
+
     def train_step(self, total: int) -> torch.Tensor:
         views = self.cameras.sample(self.settings.render_batch)
         if self.guidance.needs_solid_background or self.rng.random() < 0.5:
@@ -171,7 +183,7 @@ class Run:
         else:
             background = self.background
         shading = self.shading_for(self.step)
-        self.field.colour_learns = self.step >= self.settings.shape_steps
+        self.shape_phase_colour(self.step)
         light = self.light_for(views) if shading != "albedo" else None
         out = render(self.field, views, self.samples, occupancy=self.occupancy, shading=shading, light=light,
                      background=background, generator=self.generator,

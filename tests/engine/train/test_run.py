@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from blender_sds.job import validate_job
+from blender_sds.job import JobError, validate_job
 from blender_sds.engine.train.run import JobCancelled, run_job
 from blender_sds.engine.bench.tiny_models import make_tiny_sd_single_file
 from tiny_sd_jobs import SMALL, engine, sd_job
@@ -171,21 +171,28 @@ def test_the_engine_renders_only_shadings_its_judge_knows(sd_folder, tmp_path):
     assert 180 < counts["albedo"] < 300, counts  # 0.25 / (0.25 + 0.375) of the draws
 
 
-def test_the_shape_phase_trains_the_shape_alone(tmp_path):
-    """optim.shape_steps: while it lasts the colour head gets no gradient (the render still shows the
-    colour); the density learns. From its end the colour learns too."""
+SHAPE_PHASE_JOB = {"version": 1, "prompt": "a red cube", "steps": 4, "guidance": {"kind": "pocket", "rule": "vsd"},
+                   "render": {"resolution": 16, "samples": 16, "batch": 1}, "optim": {"albedo_steps": 0}}
+
+
+def shape_phase_run(tmp_path, shape_colour: str):
     from blender_sds.engine.train.run import Run
-    raw = {"version": 1, "prompt": "a red cube", "steps": 4, "guidance": {"kind": "pocket", "rule": "vsd"},
-           "render": {"resolution": 16, "samples": 16, "batch": 1}, "optim": {"albedo_steps": 0}}
-    default = validate_job(raw)
-    assert default["optim"]["shape_steps"] == 3 == default["guidance"]["scale"][0]  # the default ramp's start: 70%
-    job = validate_job({**raw, "optim": {"albedo_steps": 0, "shape_steps": 2}})
-    run = Run(job, tmp_path / "run", torch.device("cpu"))
+    job = validate_job({**SHAPE_PHASE_JOB, "optim": {"albedo_steps": 0, "shape_steps": 2,
+                                                     "shape_colour": shape_colour}})
+    run = Run(job, tmp_path / shape_colour, torch.device("cpu"))
 
     def heads():
         return ([p.detach().clone() for p in run.field.albedo_head.parameters()],
                 [p.detach().clone() for p in run.field.density_head.parameters()])
+    return run, heads
 
+
+def test_the_shape_phase_trains_the_shape_alone(tmp_path):
+    """optim.shape_colour "frozen": while optim.shape_steps lasts the colour head gets no gradient
+    (the render still shows the colour); the density learns. From its end the colour learns too."""
+    default = validate_job(SHAPE_PHASE_JOB)
+    assert default["optim"]["shape_steps"] == 3 == default["guidance"]["scale"][0]  # the default ramp's start: 70%
+    run, heads = shape_phase_run(tmp_path, "frozen")
     for step in range(4):
         colour, density = heads()
         run.train_step(4)
@@ -193,3 +200,42 @@ def test_the_shape_phase_trains_the_shape_alone(tmp_path):
         moved = any(not torch.equal(a, b) for a, b in zip(colour, colour_after))
         assert moved == (step >= 2), step
         assert any(not torch.equal(a, b) for a, b in zip(density, density_after)), step
+
+
+def test_a_restarted_colour_learns_with_the_shape_and_turns_grey_at_shape_steps(tmp_path):
+    """optim.shape_colour "restart": the colour learns from step 0; at shape_steps, before that step's
+    update, the albedo is an even grey and its head's Adam moments are gone (a fresh start, not the
+    shape phase's momentum); the density head is untouched by the restart."""
+    run, heads = shape_phase_run(tmp_path, "restart")
+    last = run.field.albedo_head[-1]
+    for step in range(2):
+        colour, _ = heads()
+        run.train_step(4)
+        assert any(not torch.equal(a, b) for a, b in zip(colour, heads()[0])), step
+    assert run.optimizer.state[last.weight]["exp_avg"].abs().sum() > 0
+    _, density = heads()
+    run.shape_phase_colour(run.step)  # what train_step does first at step 2
+    assert torch.count_nonzero(last.weight) == 0 and torch.count_nonzero(last.bias) == 0
+    assert last.weight not in run.optimizer.state and last.bias not in run.optimizer.state
+    assert all(torch.equal(a, b) for a, b in zip(density, heads()[1]))
+    points = torch.rand(64, 3) * 2 - 1 + torch.tensor([0.0, 0.0, 1.0])
+    assert torch.equal(run.field(points)[1], torch.full((64, 3), 0.5))
+    run.train_step(4)
+    run.train_step(4)
+    assert torch.count_nonzero(last.weight) > 0  # and it learns again, once, from grey
+    assert not torch.equal(run.field(points)[1], torch.full((64, 3), 0.5))
+
+
+def test_shape_colour_defaults_restart_for_a_fresh_vsd_run_only(tmp_path):
+    """Measured for VSD (docs/QUALITY.md "Saturation"); every other rule, and a start that brings its
+    own colours, keeps the colour frozen through the shape phase."""
+    def colour(**changes):
+        return validate_job({**SHAPE_PHASE_JOB, **changes})["optim"]["shape_colour"]
+    assert colour() == "restart"
+    (tmp_path / "checkpoint.pt").write_bytes(b"")  # the job checks the file exists; the run reads it
+    assert colour(init={"checkpoint": str(tmp_path / "checkpoint.pt")}) == "frozen"  # a refine keeps its colours
+    assert colour(guidance={"kind": "pocket", "rule": "csd"}) == "frozen"
+    assert colour(guidance={"kind": "pocket", "rule": "vsd", "scale": 7.5}) == "frozen"  # no shape phase
+    assert colour(optim={"shape_colour": "frozen"}) == "frozen"
+    with pytest.raises(JobError, match="optim.shape_colour.*unknown mode 'grey'; modes: frozen, restart"):
+        colour(optim={"shape_colour": "grey"})

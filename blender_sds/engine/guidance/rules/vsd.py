@@ -28,8 +28,8 @@ the rule's noise and timesteps are SDS's for the same seed. `figures["prediction
 judge's passes per image: CFG's pair, the estimator's one or two, and its training pass (one
 forward; its backward costs about two more).
 
-In the shape phase (optim.shape_steps, the pocket's default: SDS's CFG while the colour is
-frozen) the gradient is SDS's, eps_pre - noise, and the estimator only learns. An anchored
+In the shape phase (optim.shape_steps, the pocket's default: SDS's CFG, the colour learning
+and restarted from grey at its end: optim.shape_colour) the gradient is SDS's, eps_pre - noise, and the estimator only learns. An anchored
 estimator starts as the judge's prompt eps, so eps_pre - eps_phi would start as CFG's
 classifier term alone, without SDS's pull towards the prompt's images that forms the shape;
 on four pocket assets SDS's gradient there left the shapes no worse (median Chamfer 3.5% against
