@@ -300,6 +300,11 @@ def test_the_anchored_estimator_trains_at_the_gradients_own_sample():
     assert torch.equal(t_judged, t) and torch.equal(z_t, a.sqrt() * z + (1 - a).sqrt() * noise)
     assert torch.equal(base, judged["prompt"])
     assert g.anchor is None  # used once: a call without a gradient of its own would draw afresh
+    for dropout, dropped in ((0.0, False), (1.0, True)):  # the camera condition: kept, or dropped
+        g.camera_dropout = dropout
+        run_guidance(g, images, batch, noise=noise, t=t)
+        camera = trained[-1][3]
+        assert bool((camera == 0).all()) == dropped and bool((camera != 0).any(dim=1).all()) != dropped
 
 
 def test_the_shape_phase_judges_by_sds_while_the_estimator_learns():
