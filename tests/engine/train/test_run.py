@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from blender_sds.job import JobError, validate_job
-from blender_sds.engine.train.run import JobCancelled, run_job
+from blender_sds.engine.settings import Settings
+from blender_sds.engine.train.run import JobCancelled, preview_resolution, run_job
 from blender_sds.engine.bench.tiny_models import make_tiny_sd_single_file
 from tiny_sd_jobs import SMALL, engine, sd_job
 
@@ -26,9 +28,22 @@ def check_result(out: Path, center=(0.0, 0.0, 1.0), size=2.0) -> dict:
     assert np.all((mesh["colors"] >= 0) & (mesh["colors"] <= 1))
     for name in ("preview.png", "checkpoint.pt", "log.jsonl", "job.json"):
         assert (out / name).is_file(), name
+    side = preview_resolution(Settings.from_job(json.loads((out / "job.json").read_text())))
+    assert Image.open(out / "preview.png").size == (2 * side, side)  # front and back, side by side
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert events[-1]["type"] == "done" and events[-1]["faces"] == len(mesh["faces"])
     return mesh
+
+
+@pytest.mark.parametrize("kind, preset, size", [
+    ("pocket", "standard", 64), ("pocket", "high", 128), ("stable-diffusion", "draft", 128),
+    ("stable-diffusion", "high", 128)])
+def test_the_preview_is_twice_the_judged_size_within_64_to_128(kind, preset, size):
+    model = {"model": "org/model"} if kind == "stable-diffusion" else {}  # a hub id: validated, never fetched
+    job = validate_job({"version": 1, "prompt": "a red cube", "preset": preset, "guidance": {"kind": kind, **model}})
+    assert preview_resolution(Settings.from_job(job)) == size
+    job["render"]["resolution"] = 16
+    assert preview_resolution(Settings.from_job(job)) == 64
 
 
 @pytest.mark.parametrize("source", ["folder", "single-file"])
