@@ -29,12 +29,12 @@ judge's passes per image: CFG's pair, the estimator's one or two, and its traini
 forward; its backward costs about two more).
 
 In the shape phase (optim.shape_steps, the pocket's default: SDS's CFG, the colour learning
-and restarted from grey at its end: optim.shape_colour) the gradient is SDS's, eps_pre - noise, and the estimator only learns. An anchored
-estimator starts as the judge's prompt eps, so eps_pre - eps_phi would start as CFG's
-classifier term alone, without SDS's pull towards the prompt's images that forms the shape;
-on four pocket assets SDS's gradient there left the shapes no worse (median Chamfer 3.5% against
-3.7%) and the colours nearer the truth (median colour error 0.08 against 0.13), one estimator
-pass a step cheaper (docs/QUALITY.md "Saturation").
+and restarted from grey at its end: optim.shape_colour) the gradient is SDS's, eps_pre - noise,
+and the estimator only learns. An anchored estimator starts as the judge's prompt eps, so
+eps_pre - eps_phi would start as CFG's classifier term alone, without SDS's pull towards the
+prompt's images that forms the shape; on four pocket assets SDS's gradient there left the
+shapes no worse (median Chamfer 3.5% against 3.7%) and the colours nearer the truth (median
+colour error 0.08 against 0.13), one estimator pass a step cheaper (docs/QUALITY.md "Saturation").
 """
 from __future__ import annotations
 
