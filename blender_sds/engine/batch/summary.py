@@ -24,7 +24,7 @@ from .files import write_atomic, write_json
 SUMMARY_FILE = BATCH_SUMMARY
 CONTACT_SHEET = "contact_sheet.png"
 SUMMARY_VERSION = 1
-CELL = (256, 128)  # a preview's size (two 128 px views, engine/train/run.py), for a job without one
+CELL = (128, 64)  # the smallest preview (two 64 px views, engine/train/run.py PREVIEW_RESOLUTION): the least a cell is
 LABEL_HEIGHT = 32  # two lines of 12 px text under each preview
 GAP = 4
 SAVE_EVERY = 5.0  # seconds between the summaries written while the batch runs

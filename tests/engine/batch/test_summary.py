@@ -22,7 +22,8 @@ def test_summary_counts_and_contact_sheet(tmp_path):
         folder = tmp_path / item.folder
         folder.mkdir()
         if status != "failed":
-            previews[i] = rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)
+            size = (64, 128) if i == 3 else (128, 256)  # a pocket job's preview beside Stable Diffusion's
+            previews[i] = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
             Image.fromarray(previews[i]).save(folder / "preview.png")
         (folder / ".mesh.npz.tmp-99999").write_bytes(b"a killed write")  # never listed as a file
         entries.append(job_entry(item, tmp_path, status, seconds=1.5, message="boom" if status == "failed" else ""))
@@ -38,7 +39,9 @@ def test_summary_counts_and_contact_sheet(tmp_path):
         x, y, w, h = cell["box"]
         image = sheet[y:y + h, x:x + w]
         if cell["index"] in previews:
-            assert cell["preview"] and np.array_equal(image, previews[cell["index"]])
+            preview = Image.fromarray(previews[cell["index"]])  # a smaller one is scaled up to the cell
+            expected = np.asarray(preview.resize((w, h), Image.Resampling.LANCZOS) if preview.size != (w, h) else preview)
+            assert (w, h) == (256, 128) and cell["preview"] and np.array_equal(image, expected)
         else:
             assert not cell["preview"] and (image == 225).all()  # the blank of a failed job
         label = sheet[y + h:y + h + LABEL_HEIGHT, x:x + w]
