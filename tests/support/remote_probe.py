@@ -10,6 +10,7 @@ its pong, then stops; it prints one line `PROBE {name: {"error": ..., "greeted":
 """
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +22,13 @@ from blender_sds.addon.worker_client import WorkerStartError
 
 def probe(case: dict) -> dict:
     folder = tempfile.mkdtemp(prefix="probe-")
+    try:
+        return _probe(case, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the client's job folder: nothing of it is read
+
+
+def _probe(case: dict, folder: str) -> dict:
     client = RemoteClient(case["host"], case["port"], case.get("token", ""), folder, os.path.join(folder, "log.txt"),
                           fingerprint=case.get("fingerprint", ""), tls=case.get("tls", True))
     out = {"error": None, "greeted": False, "pong": False}
