@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 MESH_FILE = "mesh.npz"  # vertices, faces, linear vertex colours: what Import Result reads
-PREVIEW_FILE = "preview.png"
+PREVIEW_FILE = "preview.png"  # front and back side by side, each view PREVIEW_SIZES px square
+PREVIEW_SIZES = (64, 128)  # twice the judged renders' size, within these (engine/train/run.py)
 CHECKPOINT_FILE = "checkpoint.pt"  # what Refine and init.resume continue from
 LOG_FILE = "log.jsonl"  # the run's events, one JSON object a line
 JOB_FILE = "job.json"  # the normalised job, with the paths of the side that wrote it

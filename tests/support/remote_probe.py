@@ -10,7 +10,6 @@ its pong, then stops; it prints one line `PROBE {name: {"error": ..., "greeted":
 """
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -21,11 +20,8 @@ from blender_sds.addon.worker_client import WorkerStartError
 
 
 def probe(case: dict) -> dict:
-    folder = tempfile.mkdtemp(prefix="probe-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="probe-", ignore_cleanup_errors=True) as folder:  # nothing of it is read
         return _probe(case, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # the client's job folder: nothing of it is read
 
 
 def _probe(case: dict, folder: str) -> dict:

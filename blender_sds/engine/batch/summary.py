@@ -18,13 +18,13 @@ import math
 import time
 from pathlib import Path
 
-from ...results import BATCH_SUMMARY, PREVIEW_FILE, finished_files
+from ...results import BATCH_SUMMARY, PREVIEW_FILE, PREVIEW_SIZES, finished_files
 from .files import write_atomic, write_json
 
 SUMMARY_FILE = BATCH_SUMMARY
 CONTACT_SHEET = "contact_sheet.png"
 SUMMARY_VERSION = 1
-CELL = (128, 64)  # the smallest preview (two 64 px views, engine/train/run.py PREVIEW_RESOLUTION): the least a cell is
+CELL = (2 * PREVIEW_SIZES[0], PREVIEW_SIZES[0])  # the smallest preview: the least a cell is
 LABEL_HEIGHT = 32  # two lines of 12 px text under each preview
 GAP = 4
 SAVE_EVERY = 5.0  # seconds between the summaries written while the batch runs

@@ -28,8 +28,8 @@ from ..scene.renderer import Background, render
 from ..settings import Settings
 from .parts import BackgroundPart, FieldPart
 
-from ...results import CHECKPOINT_FILE, JOB_FILE, LOG_FILE, MESH_FILE, PREVIEW_FILE, STATUS_FILE, temp_files, temp_path
-PREVIEW_RESOLUTION = (64, 128)  # twice the judged renders' size, within these: finer only upsamples what was taught
+from ...results import (CHECKPOINT_FILE, JOB_FILE, LOG_FILE, MESH_FILE, PREVIEW_FILE, PREVIEW_SIZES, STATUS_FILE,
+                        temp_files, temp_path)
 PREVIEW_DISTANCE = 1.5  # in bounds sizes: the whole box in frame at 45 degrees, the object large
 LIT_SHADING = (("albedo", 0.25), ("textureless", 0.375), ("lambertian", 0.375))  # threestudio's mix
 
@@ -39,9 +39,10 @@ class JobCancelled(Exception):
 
 
 def preview_resolution(settings: Settings) -> int:
-    """A pocket job (32 px renders) previews at 64: a quarter of a 128 px preview's rays, which had
-    been a tenth of a pocket run's time (py-spy); Stable Diffusion's 64-128 px jobs keep 128."""
-    low, high = PREVIEW_RESOLUTION
+    """Twice the judged renders' size (finer only upsamples what was taught): a pocket job (32 px
+    renders) previews at 64, a quarter of a 128 px preview's rays, which had been a tenth of a
+    pocket run's time (py-spy); Stable Diffusion's 64-128 px jobs keep 128."""
+    low, high = PREVIEW_SIZES
     return min(max(2 * settings.cameras.resolution, low), high)
 
 
