@@ -307,9 +307,9 @@ def test_the_anchored_estimator_trains_at_the_gradients_own_sample():
         assert bool((camera == 0).all()) == dropped and bool((camera != 0).any(dim=1).all()) != dropped
 
 
-def test_the_shape_phase_judges_by_sds_while_the_estimator_learns():
-    """Before optim.shape_steps VSD's gradient is SDS's at the same scale (its estimator is not
-    asked, and still trains); from shape_steps on it is w(t)(eps_pre - eps_phi)."""
+def test_the_shape_phase_judges_by_sds_and_the_estimator_waits():
+    """Before optim.shape_steps VSD's gradient is SDS's at the same scale (its estimator neither
+    asked nor trained); from shape_steps on it is w(t)(eps_pre - eps_phi), and the estimator trains."""
     rng = torch.Generator().manual_seed(7)
     images = torch.rand(2, 3, 16, 16, generator=rng)
     noise, t = torch.randn(2, 3, 16, 16, generator=rng), torch.tensor([300, 700])
@@ -321,11 +321,12 @@ def test_the_shape_phase_judges_by_sds_while_the_estimator_learns():
     asked = []
     g.estimator.predict = lambda z_t, t_in, camera, base=None: asked.append(t_in) or noise + 0.25
     got, out = run_guidance(g, images, batch, step=4, noise=noise, t=t)
-    assert asked == [] and float(out.figures["predictions"]) == 3  # CFG's pair and the training pass
-    assert torch.isfinite(out.figures["estimator_loss"])
+    assert asked == [] and float(out.figures["predictions"]) == 2  # CFG's pair alone
+    assert "estimator_loss" not in out.figures
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    got, _ = run_guidance(g, images, batch, step=5, noise=noise, t=t)
-    assert len(asked) == 1
+    got, out = run_guidance(g, images, batch, step=5, noise=noise, t=t)
+    assert len(asked) == 1 and float(out.figures["predictions"]) == 4  # + its pass and the training pass
+    assert torch.isfinite(out.figures["estimator_loss"])
     a = g.alphas_cumprod[t].view(-1, 1, 1, 1)
     floor = 8 * torch.finfo(torch.float32).eps * float(want.abs().max() + 1)
     torch.testing.assert_close(got, want - 2 * (1 - a) * 0.25 / 2, rtol=0, atol=floor)
@@ -469,7 +470,11 @@ def test_a_vsd_run_logs_its_estimator_and_refine_and_resume_continue_it(kind, sd
     first = run_job(job, tmp_path / "first", device="cpu")
     progress = [json.loads(line) for line in (first / LOG_FILE).read_text().splitlines()]
     progress = [e for e in progress if e["type"] == "progress"]
-    assert progress and all(e["figures"]["estimator_loss"] > 0 for e in progress)
+    # The estimator learns from the colour phase on (the pocket's default has a shape phase first).
+    shape_steps = job["optim"]["shape_steps"]
+    learning = [e for e in progress if e["step"] > shape_steps]
+    assert learning and all(e["figures"]["estimator_loss"] > 0 for e in learning)
+    assert all("estimator_loss" not in e["figures"] for e in progress if e["step"] <= shape_steps)
     saved = torch.load(first / CHECKPOINT_FILE, weights_only=True)
     start = build_guidance(job, CPU).estimator.state_dict()  # the estimator before any step
     assert saved["estimator"].keys() == start.keys()
