@@ -84,10 +84,11 @@ class Run:
         # Every trained part brings its groups, losses and state; the judge may bring its own.
         self.parts = [FieldPart(self.field, settings.lr, settings.losses), BackgroundPart(self.background),
                       *(self.guidance.trained_parts() if self.guidance else ())]
-        # foreach: one call a step for all tensors (torch takes it by itself only on CUDA); VSD's
-        # estimator brings ~150 of them, and per-tensor steps cost a CPU step ~9 ms more.
+        # Fused: one kernel a step for all tensors, on every device the engine runs on (torch's
+        # default is per-tensor steps on the CPU: VSD's estimator brings ~150 tensors, which cost
+        # a CPU step ~9 ms more; its foreach form still took 3x the fused one's time).
         self.optimizer = torch.optim.Adam([g for part in self.parts for g in part.parameter_groups()],
-                                          betas=(0.9, 0.99), eps=1e-15, foreach=True)
+                                          betas=(0.9, 0.99), eps=1e-15, fused=True)
         rig = self.guidance.rig if self.guidance else None  # a kind that judges only its own cameras brings them, unjittered
         self.cameras = CameraSampler(settings.cameras, device, self.generator, rig=rig, jitter=rig is None)
         self.step = 0
