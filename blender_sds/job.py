@@ -50,7 +50,7 @@ NORMAL_CFG_RAMP = (0.7, 0.75)
 # VSD's estimator (threestudio's stable_diffusion_vsd_guidance): its learning rate, LoRA rank, the
 # share of its training steps without the camera, and lambda mixing its camera-conditioned and
 # camera-free predictions (guidance_scale_lora: 1.0 VSD, 0.5 ESD).
-ESTIMATOR = {"lr": 1e-3, "rank": 4, "camera_dropout": 0.1, "camera_scale": 1.0}
+ESTIMATOR = {"lr": 1e-3, "rank": 4, "camera_dropout": 0.1, "camera_scale": 1.0, "density_scale": None}
 _CAMERA_KEYS = ("c2w", "width", "height", "fx", "fy", "cx", "cy", "type", "name")
 MAX_JOB_BYTES = 16 * 1024 * 1024  # a job with a 1,000-camera rig is under 1 MB
 MAX_MESSAGE = 293  # characters of one error line: with the CLI's "error: " in front, at most 300
@@ -551,6 +551,8 @@ def _estimator(value, rule: kinds.RuleSpec, spec: kinds.KindSpec) -> dict | None
                                   "guidance.estimator.camera_dropout", ge=0, le=1),
         "camera_scale": _number(given.get("camera_scale", ESTIMATOR["camera_scale"]),
                                 "guidance.estimator.camera_scale", ge=0, le=1),
+        "density_scale": (None if given.get("density_scale") is None else
+                          _number(given["density_scale"], "guidance.estimator.density_scale", ge=1, le=1000)),
     }
 
 
@@ -752,6 +754,8 @@ def validate_job(raw: dict, base_dir: str | os.PathLike | None = None) -> dict:
     if "scale" not in raw["guidance"]:
         guidance["scale"] = _normal_cfg_ramp(guidance, spec, steps)
         shape_steps = guidance["scale"][0] if isinstance(guidance["scale"], list) else 0
+        if shape_steps and guidance["estimator"] and "density_scale" not in (raw["guidance"].get("estimator") or {}):
+            guidance["estimator"]["density_scale"] = float(spec.shape_scale)  # the density keeps the shape phase's CFG
     bounds = _bounds(raw.get("bounds", {}))
     cameras = _cameras(raw.get("cameras", {}), spec)
     _check_cameras_see([(f"cameras.rig[{i}]", c) for i, c in enumerate(cameras["rig"])]

@@ -38,6 +38,9 @@ class Render:
     foreground: torch.Tensor  # (B,3,H,W) premultiplied colour, before the background
     regularisers: dict = dc_field(default_factory=dict)  # scalar tensors: orientation, sparsity, opaque
     figures: dict = dc_field(default_factory=dict)
+    # With render(split=True): (density's, colour's) images, each equal to `image`, whose gradients
+    # reach only the density (colour and background held still) or only the colour and background.
+    split: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class Background(nn.Module):
@@ -64,8 +67,10 @@ def ray_box(origins: torch.Tensor, directions: torch.Tensor, center: torch.Tenso
 def render(field: Field, views: ViewBatch, samples: int, *, occupancy: OccupancyGrid | None = None,
            shading: str = "albedo", light: torch.Tensor | None = None,
            background: torch.Tensor | nn.Module | None = None, generator: torch.Generator | None = None,
-           stratified: bool = True, want_orientation: bool = False) -> Render:
-    """Render `views`; `background` is (B,3) solid colours, a Background module, or None (black)."""
+           stratified: bool = True, want_orientation: bool = False, split: bool = False) -> Render:
+    """Render `views`; `background` is (B,3) solid colours, a Background module, or None (black).
+    `split`: also the density's and the colour's images (Render.split), so that a judge can give
+    each its own gradient from one pass of the field."""
     if shading not in SHADINGS:
         raise ValueError(f"shading must be one of {SHADINGS}, got {shading!r}")
     b, h, w = views.size, views.height, views.width
@@ -102,17 +107,20 @@ def render(field: Field, views: ViewBatch, samples: int, *, occupancy: Occupancy
         weighted = torch.zeros(n, 3, device=p.device, dtype=p.dtype).index_add(0, ray_of, wa.detach().unsqueeze(-1) * p)
         surface = weighted / opacity.detach().clamp(min=1e-6)
         normals_r = field.normals(surface)
-    albedo_rgb = torch.zeros(n, 3, device=p.device, dtype=albedo_a.dtype).index_add(0, ray_of,
-                                                                                 wa.unsqueeze(-1) * albedo_a)
-    if shading == "albedo":
-        rgb = albedo_rgb
-    else:
+    lit = None
+    if shading != "albedo":
         if light is None:
             raise ValueError("lit shading needs a light position")
         light_r = light.repeat_interleave(h * w, 0)
         light_dir = torch.nn.functional.normalize(light_r - surface, dim=-1)
         lit = AMBIENT + DIFFUSE * (normals_r * light_dir).sum(-1, keepdim=True).clamp(min=0)
-        rgb = (opacity * lit).expand(-1, 3) if shading == "textureless" else albedo_rgb * lit
+
+    def shaded(wa, albedo_a, opacity, lit):
+        if shading == "textureless":
+            return (opacity * lit).expand(-1, 3)
+        albedo_rgb = torch.zeros(n, 3, device=p.device, dtype=albedo_a.dtype).index_add(0, ray_of,
+                                                                                     wa.unsqueeze(-1) * albedo_a)
+        return albedo_rgb if lit is None else albedo_rgb * lit
 
     if background is None:
         bg = torch.zeros(n, 3, device=p.device)
@@ -120,10 +128,18 @@ def render(field: Field, views: ViewBatch, samples: int, *, occupancy: Occupancy
         bg = background(dirs)
     else:
         bg = background.view(b, 1, 3).expand(b, h * w, 3).reshape(n, 3)
+    rgb = shaded(wa, albedo_a, opacity, lit)
     image = rgb + (1 - opacity) * bg
 
     def to_image(x):
         return x.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    halves = None
+    if split:  # the image twice more: colour and background held still, then weights and light
+        density = shaded(wa, albedo_a.detach(), opacity, lit) + (1 - opacity) * bg.detach()
+        still = opacity.detach()
+        colour = shaded(wa.detach(), albedo_a, still, None if lit is None else lit.detach()) + (1 - still) * bg
+        halves = (to_image(density), to_image(colour))
 
     regularisers = {
         "sparsity": torch.sqrt(opacity ** 2 + 0.01).mean(),
@@ -136,4 +152,4 @@ def render(field: Field, views: ViewBatch, samples: int, *, occupancy: Occupancy
         regularisers["orientation"] = (opacity.detach().squeeze(-1) * facing).sum() / rays_hit
     figures = {"samples_evaluated": flat.numel()}  # known on the host since the compaction
     return Render(image=to_image(image), opacity=to_image(opacity), foreground=to_image(rgb),
-                  regularisers=regularisers, figures=figures)
+                  regularisers=regularisers, figures=figures, split=halves)

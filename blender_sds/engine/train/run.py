@@ -196,8 +196,9 @@ class Run:
         light = self.light_for(views) if shading != "albedo" else None
         out = render(self.field, views, self.samples, occupancy=self.occupancy, shading=shading, light=light,
                      background=background, generator=self.generator,
-                     want_orientation=self.settings.losses.orientation > 0 and shading != "albedo")
-        judged = self.guidance(out.image, views, self.step, total)
+                     want_orientation=self.settings.losses.orientation > 0 and shading != "albedo",
+                     split=self.guidance.splits(self.step))
+        judged = self.guidance(out.image, views, self.step, total, split=out.split)
         loss = faults.at_step(self.step, judged.loss)
         for part in self.parts:
             for weighted in part.losses(out).values():

@@ -27,7 +27,7 @@ from blender_sds.engine.guidance.predictors import cuda_graphs, weights_cache
 from blender_sds.engine.scene.directions import DIRECTIONS
 from blender_sds.engine.settings import Settings
 from blender_sds.engine.train.run import Run, run_job
-from blender_sds.job import ESTIMATOR, validate_job
+from blender_sds.job import ESTIMATOR, JobError, validate_job
 from blender_sds.kinds import pocket
 from blender_sds.results import CHECKPOINT_FILE, LOG_FILE
 from judges import assert_within_rounding, camera_batch
@@ -330,6 +330,49 @@ def test_the_shape_phase_judges_by_sds_and_the_estimator_waits():
     a = g.alphas_cumprod[t].view(-1, 1, 1, 1)
     floor = 8 * torch.finfo(torch.float32).eps * float(want.abs().max() + 1)
     torch.testing.assert_close(got, want - 2 * (1 - a) * 0.25 / 2, rtol=0, atol=floor)
+
+
+def test_after_the_shape_phase_the_density_keeps_sds_and_the_colour_takes_vsd():
+    """guidance.estimator.density_scale: from shape_steps on, the render's density image gets SDS's
+    gradient at that scale and its colour image VSD's, from the same CFG pair (no judge pass more);
+    before shape_steps nothing is split, and a split step without the split images is refused."""
+    rng = torch.Generator().manual_seed(8)
+    images = torch.rand(2, 3, 16, 16, generator=rng)
+    noise, t = torch.randn(2, 3, 16, 16, generator=rng), torch.tensor([250, 750])
+    batch = views(16)
+    job = validate_job({"version": 1, "prompt": "a red cube", "seed": 3, "render": {"resolution": 16},
+                        "optim": {"shape_steps": 5},
+                        "guidance": {"kind": "pocket", "rule": "vsd", "scale": 1.5, "estimator": {"density_scale": 20}}})
+    g = build_guidance(job, CPU)
+    g.estimator.predict = lambda z_t, t_in, camera, base=None: noise + 0.25
+    assert not g.splits(4) and g.splits(5)
+    density, colour = images.clone().requires_grad_(True), images.clone().requires_grad_(True)
+    out = g(images, batch, 5, 10, noise=noise, t=t, split=(density, colour))
+    out.loss.backward()
+    sds_at = {scale: run_guidance(build_guidance(pocket_job(rule="sds", scale=scale), CPU), images, batch,
+                                  noise=noise, t=t)[0] for scale in (1.5, 20.0)}
+    a = g.alphas_cumprod[t].view(-1, 1, 1, 1)
+    floor = 8 * torch.finfo(torch.float32).eps * float(sds_at[20.0].abs().max() + 1)
+    torch.testing.assert_close(density.grad, sds_at[20.0], rtol=0, atol=0)
+    torch.testing.assert_close(colour.grad, sds_at[1.5] - 2 * (1 - a) * 0.25 / 2, rtol=0, atol=floor)
+    assert float(out.figures["predictions"]) == 4 and torch.isfinite(out.figures["estimator_loss"])
+    with pytest.raises(ValueError, match="guidance.estimator.density_scale"):
+        g(images, batch, 5, 10, noise=noise, t=t)
+    got, _ = run_guidance(g, images, batch, step=4, noise=noise, t=t)  # the shape phase: SDS at 1.5, whole
+    torch.testing.assert_close(got, sds_at[1.5], rtol=0, atol=0)
+
+
+def test_the_density_scale_defaults_to_the_shape_phases_cfg_where_there_is_one():
+    ramped = validate_job({"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket", "rule": "vsd"}})
+    assert ramped["guidance"]["estimator"]["density_scale"] == ramped["guidance"]["scale"][1] == 20.0
+    assert validate_job(ramped) == ramped
+    assert pocket_job(scale=7.5)["guidance"]["estimator"]["density_scale"] is None  # no shape phase
+    off = validate_job({"version": 1, "prompt": "a red cube",
+                        "guidance": {"kind": "pocket", "rule": "vsd", "estimator": {"density_scale": None}}})
+    assert off["guidance"]["estimator"]["density_scale"] is None and off["optim"]["shape_steps"] > 0
+    for bad, words in (("loud", "got 'loud'"), (0.5, ">= 1")):
+        with pytest.raises(JobError, match=f"guidance.estimator.density_scale: must be a number .*{words}"):
+            pocket_job(estimator={"density_scale": bad})
 
 
 def test_esd_asks_the_camera_free_estimate_too_and_mixes_them_by_lambda(sd_folder):

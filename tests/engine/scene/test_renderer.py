@@ -6,7 +6,7 @@ import torch
 
 from blender_sds.engine.scene.cameras import angles_of, look_at, ray_bundle
 from blender_sds.engine.scene.field import Field, FieldConfig
-from blender_sds.engine.scene.renderer import AMBIENT, DIFFUSE, render
+from blender_sds.engine.scene.renderer import AMBIENT, DIFFUSE, SHADINGS, Background, render
 from blender_sds.engine.scene.views import ViewBatch
 
 SIZE = 2.0
@@ -115,3 +115,42 @@ def test_a_view_that_misses_the_bounds_renders_its_background_and_back_propagate
         assert torch.equal(out.opacity, torch.zeros_like(out.opacity))
         assert torch.allclose(out.image, background.view(1, 3, 1, 1).expand_as(out.image))
         (out.image.sum() + sum(out.regularisers.values())).backward()
+
+
+def test_a_split_render_gives_the_density_and_the_colour_each_their_own_gradient():
+    """render(split=True): the density's image and the colour's equal the image; the density's
+    gradient reaches the density head alone (colour and background held still), the colour's the
+    albedo head and the background alone, and together they are the image's gradient (float64,
+    to within the rounding of the sums: each parameter's gradient is one sum reordered)."""
+    field = opaque_sphere().double()
+    with torch.no_grad():  # a coloured, uneven sphere, so every head has a gradient to give
+        for p in field.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype) * 0.05)
+    background = Background().double()
+    views = front_view(res=12)
+    for name in ("c2w", "fx", "fy", "cx", "cy"):
+        setattr(views, name, getattr(views, name).double())
+    light = views.c2w[:, :3, 3] + torch.tensor([0.5, 0.0, 1.0], dtype=torch.float64)
+    heads = {"density": list(field.density_head.parameters()), "colour": list(field.albedo_head.parameters()),
+             "background": list(background.parameters())}
+    params = [p for group in heads.values() for p in group] + [field.encoding.table]
+    for shading in SHADINGS:
+        out = render(field, views, 16, shading=shading, light=light, background=background,
+                     generator=torch.Generator().manual_seed(0), split=True)
+        weight = torch.randn(out.image.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        density_image, colour_image = out.split
+        assert torch.equal(density_image, out.image) and torch.equal(colour_image, out.image)
+
+        def grads(image):
+            got = torch.autograd.grad((weight * image).sum(), params, retain_graph=True, allow_unused=True)
+            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, got)]
+
+        whole, density, colour = grads(out.image), grads(density_image), grads(colour_image)
+        for i, p in enumerate(params[:-1]):
+            head = next(name for name, group in heads.items() if any(p is q for q in group))
+            assert (density[i].abs().max() > 0) == (head == "density"), (shading, head)
+            painted = head == "background" or (head == "colour" and shading != "textureless")
+            assert (colour[i].abs().max() > 0) == painted, (shading, head)
+        for w, d, c in zip(whole, density, colour):
+            floor = 64 * torch.finfo(torch.float64).eps * float(w.abs().sum() + d.abs().sum() + c.abs().sum() + 1)
+            torch.testing.assert_close(d + c, w, rtol=0, atol=floor)

@@ -132,21 +132,38 @@ class ScoreDistillation:
                 raise RuntimeError(f"guidance: the predictor gave no prediction for {missing}")
             predictions = {name: eps.to(z.dtype) for name, eps in predictions.items()}
             residual = self.residual(predictions, noise, z_t, t, views, step, total_steps)
-            grad = self.weight(t).view(-1, 1, 1, 1).to(z.dtype) * residual
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            clip = self.clip_at(step, total_steps)
-            if clip is not None:
-                grad = grad.clamp(-clip, clip)
-            grad = self.finish(grad, step, total_steps)
-        return grad, t
+        return self.weighted(residual, t, step, total_steps), t
+
+    @torch.no_grad()
+    def weighted(self, residual: torch.Tensor, t: torch.Tensor, step: int, total_steps: int) -> torch.Tensor:
+        """w(t) times a residual, finite, clipped and finished: the gradient the loss injects."""
+        grad = self.weight(t).view(-1, 1, 1, 1).to(residual.dtype) * residual
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        clip = self.clip_at(step, total_steps)
+        if clip is not None:
+            grad = grad.clamp(-clip, clip)
+        return self.finish(grad, step, total_steps)
+
+    def splits(self, step: int) -> bool:
+        """Whether this step's gradient comes in two: one for the density, one for the colour
+        (render(split=True) and __call__'s `split`; VSD's guidance.estimator.density_scale)."""
+        return False
+
+    def figures(self, grad: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"grad_norm": grad.float().norm().detach(), "t": t.float().mean(),
+                "predictions": torch.tensor(float(self.predictions))}
 
     def __call__(self, images: torch.Tensor, views: ViewBatch, step: int, total_steps: int,
-                 noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> GuidanceOutput:
+                 noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                 split: tuple[torch.Tensor, torch.Tensor] | None = None) -> GuidanceOutput:
+        """`split`: the render's (density, colour) images, for a rule that splits this step (`splits`)."""
         z = self.predictor.encode(images)
         grad, t = self.gradient(z, views, step, total_steps, noise=noise, t=t)
-        target = (z - grad).detach()
-        # d/dz of 0.5*|z - target|^2 / B is grad / B: the reparameterisation trick.
-        loss = 0.5 * F.mse_loss(z.float(), target.float(), reduction="sum") / z.shape[0]
-        figures = {"grad_norm": grad.float().norm().detach(), "t": t.float().mean(),
-                   "predictions": torch.tensor(float(self.predictions))}
-        return GuidanceOutput(loss=loss, figures=figures)
+        return GuidanceOutput(loss=inject(z, grad), figures=self.figures(grad, t))
+
+
+def inject(z: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A loss whose gradient on z is grad / B: d/dz of 0.5*|z - (z - grad)|^2 / B, the
+    reparameterisation trick."""
+    target = (z - grad).detach()
+    return 0.5 * F.mse_loss(z.float(), target.float(), reduction="sum") / z.shape[0]

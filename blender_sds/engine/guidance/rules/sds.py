@@ -16,7 +16,11 @@ class SDS(ScoreDistillation):
         return ("prompt",) if self.scale == 1.0 else self.conditions
 
     def combine(self, predictions: dict[str, torch.Tensor], views=None) -> torch.Tensor:
-        if self.scale == 1.0:
-            return predictions["prompt"]
-        uncond = predictions["uncond"]
-        return uncond + self.scale * (predictions["prompt"] - uncond)
+        return cfg(predictions, self.scale)
+
+
+def cfg(predictions: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+    if scale == 1.0:
+        return predictions["prompt"]
+    uncond = predictions["uncond"]
+    return uncond + scale * (predictions["prompt"] - uncond)

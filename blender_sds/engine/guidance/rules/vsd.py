@@ -45,7 +45,8 @@ import torch
 
 from ....job import ESTIMATOR
 from ..estimators import EstimatorPart, build_estimator, camera_vector
-from .sds import SDS
+from .base import GuidanceOutput, inject
+from .sds import SDS, cfg
 
 TRAIN_SEED_OFFSET = 2  # the estimator's training draws: seed + 2 (the base's noise and t use seed + 1)
 
@@ -56,6 +57,9 @@ class VSD(SDS):
         options = settings.estimator or ESTIMATOR
         self.camera_scale = float(options["camera_scale"])
         self.camera_dropout = float(options["camera_dropout"])
+        self.density_scale = options.get("density_scale")
+        self.splitting = False  # this step's gradient comes in two (splits)
+        self.density_grad = None  # the density's half of a split step, made beside the colour's
         self.bounds = settings.bounds
         self.estimator = build_estimator(settings, predictor, int(options["rank"]))
         self.part = EstimatorPart(self.estimator, options["lr"])
@@ -65,6 +69,12 @@ class VSD(SDS):
 
     def trained_parts(self) -> list:
         return [self.part]
+
+    def splits(self, step: int) -> bool:
+        return self.density_scale is not None and step >= self.settings.shape_steps
+
+    def asked(self, views) -> tuple[str, ...]:
+        return self.conditions if self.splitting else super().asked(views)
 
     # -- the gradient ------------------------------------------------------------------------
     def estimate(self, z_t: torch.Tensor, t: torch.Tensor, views, base=None) -> torch.Tensor:
@@ -88,11 +98,16 @@ class VSD(SDS):
             self.anchor = (t, noise, base)
         if step < self.settings.shape_steps:  # the shape phase: SDS's gradient, the estimator learning
             return self.combine(predictions, views) - noise
+        if self.splitting:  # the density's half: SDS's at density_scale, from the same two predictions
+            self.density_grad = cfg(predictions, float(self.density_scale)) - noise
         return self.combine(predictions, views) - self.estimate(z_t, t, views, base)
 
     def gradient(self, z, views, step, total_steps, noise=None, t=None):
         self.judged = (z.detach(), views)  # the estimator's training sample, read by __call__
-        return super().gradient(z, views, step, total_steps, noise=noise, t=t)
+        grad, t = super().gradient(z, views, step, total_steps, noise=noise, t=t)
+        if self.density_grad is not None:
+            self.density_grad = self.weighted(self.density_grad, t, step, total_steps)
+        return grad, t
 
     # -- the estimator's training ------------------------------------------------------------
     def estimator_loss(self, z: torch.Tensor, views) -> torch.Tensor:
@@ -115,8 +130,20 @@ class VSD(SDS):
         camera = camera_vector(views, self.bounds).to(z.device) * keep.to(z.device, torch.float32)[:, None]
         return self.estimator.loss(z, t, noise, camera, base)
 
-    def __call__(self, images, views, step, total_steps, noise=None, t=None):
-        out = super().__call__(images, views, step, total_steps, noise=noise, t=t)
+    def __call__(self, images, views, step, total_steps, noise=None, t=None, split=None):
+        self.splitting = self.splits(step)
+        if self.splitting:
+            if split is None:
+                raise ValueError("guidance.estimator.density_scale: this step judges the density and the colour "
+                                 "apart, so it needs the render's split images (render(split=True))")
+            density_z, colour_z = (self.predictor.encode(x) for x in split)
+            grad, t = self.gradient(colour_z, views, step, total_steps, noise=noise, t=t)
+            (density_grad, self.density_grad), self.splitting = (self.density_grad, None), False
+            out = GuidanceOutput(loss=inject(colour_z, grad) + inject(density_z, density_grad),
+                                 figures=self.figures(grad, t))
+            out.figures["density_grad_norm"] = density_grad.float().norm()
+        else:
+            out = super().__call__(images, views, step, total_steps, noise=noise, t=t)
         (z, judged_views), self.judged = self.judged, None
         if step < self.settings.shape_steps:  # nothing reads the estimator yet: it starts learning after
             self.anchor = None
