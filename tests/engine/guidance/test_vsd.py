@@ -362,6 +362,22 @@ def test_after_the_shape_phase_the_density_keeps_sds_and_the_colour_takes_vsd():
     torch.testing.assert_close(got, sds_at[1.5], rtol=0, atol=0)
 
 
+def test_a_split_step_on_stable_diffusion_pulls_each_half_back_through_the_encoder(sd_folder):
+    """Latent kinds encode each half apart: with the estimator knowing the true noise and
+    density_scale at the rule's own scale, both halves' gradients are SDS's exactly."""
+    vsd = build_guidance(sd_job(sd_folder, scale=7.5, estimator={"density_scale": 7.5}), CPU)
+    sds = build_guidance(sd_job(sd_folder, rule="sds", scale=7.5), CPU)
+    rng = torch.Generator().manual_seed(9)
+    images = torch.rand(2, 3, 32, 32, generator=rng)
+    noise, t = torch.randn(2, 4, 16, 16, generator=rng), torch.tensor([300, 800])
+    vsd.estimator.predict = lambda z_t, t, camera, base=None: noise
+    batch = views()
+    density, colour = images.clone().requires_grad_(True), images.clone().requires_grad_(True)
+    vsd(images, batch, 0, 10, noise=noise, t=t, split=(density, colour)).loss.backward()
+    want, _ = run_guidance(sds, images, batch, noise=noise, t=t)
+    assert torch.equal(density.grad, want) and torch.equal(colour.grad, want)
+
+
 def test_the_density_scale_defaults_to_the_shape_phases_cfg_where_there_is_one():
     ramped = validate_job({"version": 1, "prompt": "a red cube", "guidance": {"kind": "pocket", "rule": "vsd"}})
     assert ramped["guidance"]["estimator"]["density_scale"] == ramped["guidance"]["scale"][1] == 20.0
