@@ -66,7 +66,7 @@ class VSD(SDS):
         self.camera_dropout = float(options["camera_dropout"])
         self.density_scale = options.get("density_scale")
         self.splitting = False  # this step's gradient comes in two (splits)
-        self.density_grad = None  # the density's half of a split step, made beside the colour's
+        self.density_residual = None  # the density's half of a split step, made beside the colour's
         self.bounds = settings.bounds
         self.estimator = build_estimator(settings, predictor, int(options["rank"]))
         self.part = EstimatorPart(self.estimator, options["lr"])
@@ -103,18 +103,15 @@ class VSD(SDS):
         if self.estimator.anchored:  # asked already, for CFG; the training pass reuses the sample
             base = predictions["prompt"]
             self.anchor = (t, noise, base)
-        if step < self.settings.shape_steps:  # the shape phase: SDS's gradient, the estimator learning
+        if step < self.settings.shape_steps:  # the shape phase: SDS's gradient (the estimator waits)
             return self.combine(predictions, views) - noise
         if self.splitting:  # the density's half: SDS's at density_scale, from the same two predictions
-            self.density_grad = cfg(predictions, float(self.density_scale)) - noise
+            self.density_residual = cfg(predictions, float(self.density_scale)) - noise
         return self.combine(predictions, views) - self.estimate(z_t, t, views, base)
 
     def gradient(self, z, views, step, total_steps, noise=None, t=None):
         self.judged = (z.detach(), views)  # the estimator's training sample, read by __call__
-        grad, t = super().gradient(z, views, step, total_steps, noise=noise, t=t)
-        if self.density_grad is not None:
-            self.density_grad = self.weighted(self.density_grad, t, step, total_steps)
-        return grad, t
+        return super().gradient(z, views, step, total_steps, noise=noise, t=t)
 
     # -- the estimator's training ------------------------------------------------------------
     def estimator_loss(self, z: torch.Tensor, views) -> torch.Tensor:
@@ -145,7 +142,8 @@ class VSD(SDS):
                                  "apart, so it needs the render's split images (render(split=True))")
             density_z, colour_z = (self.predictor.encode(x) for x in split)
             grad, t = self.gradient(colour_z, views, step, total_steps, noise=noise, t=t)
-            (density_grad, self.density_grad), self.splitting = (self.density_grad, None), False
+            density_grad = self.weighted(self.density_residual, t, step, total_steps)
+            self.density_residual, self.splitting = None, False
             out = GuidanceOutput(loss=inject(colour_z, grad) + inject(density_z, density_grad),
                                  figures=self.figures(grad, t))
             out.figures["density_grad_norm"] = density_grad.float().norm()
