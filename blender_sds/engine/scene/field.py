@@ -71,6 +71,9 @@ class _Encode(torch.autograd.Function):
         return grad, None, None
 
 
+XY_SIDES = ((0, 0), (0, 1), (1, 0), (1, 1))  # a cell corner's low/high side in x and y; z varies fastest
+
+
 def _weighted_gather(table, index, weights):
     """(N, L, F) features from level-major corners (HashGrid.corners); a transposed view."""
     levels, n, corners = index.shape
@@ -181,7 +184,7 @@ class HashGrid(nn.Module):
         index = torch.empty(8, self.levels, x.shape[0], dtype=torch.int32, device=x.device)
         for start, stop, dense in self.runs:
             at = slice(start, stop)
-            for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            for i, j in XY_SIDES:
                 xy = ends[i][0, at] + ends[j][1, at] + offsets[at] if dense else ends[i][0, at] ^ ends[j][1, at]
                 for k in (0, 1):
                     corner = index[i * 4 + j * 2 + k, at]
@@ -192,7 +195,7 @@ class HashGrid(nn.Module):
                         corner += offsets[at]
         sides = (1 - frac, frac)
         weights = torch.empty(8, self.levels, x.shape[0], dtype=x.dtype, device=x.device)
-        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        for i, j in XY_SIDES:
             wxy = sides[i][0] * sides[j][1]
             for k in (0, 1):
                 torch.mul(wxy, sides[k][2], out=weights[i * 4 + j * 2 + k])
