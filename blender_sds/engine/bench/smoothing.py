@@ -8,7 +8,8 @@ faces, `metrics.flat_bumpiness` (mean angle between neighbouring faces on the tr
 faces), `metrics.flat_deviation` (their mean angle from the face's own mean normal),
 Chamfer (exact surface-to-surface distance to the true polyhedron, % of the bounds; the
 yardstick's sampled Chamfer has a floor near 0.5% from its sample spacing, too coarse for
-this comparison) and the yardstick's colour error.
+this comparison) with its two halves and the surface's mean signed offset from the truth
+(`surface_distances`), and the yardstick's colour error.
 
     python -m blender_sds.engine.bench.smoothing [--prompt "a green cube" ...] [--seed 0]
         [--steps N] [--smooth 0 10 20 40] [--target-faces 0 30000] [--threads N] [--out DIR [--reuse]]
@@ -69,19 +70,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def exact_chamfer(mesh: dict, prompt: str, bounds: dict, n: int = metrics.SURFACE_SAMPLES) -> float:
-    """Symmetric mean distance between the mesh's surface and the true polyhedron's, exact
-    (point to triangle, libigl) in both directions, as a fraction of the bounds size."""
+def surface_distances(mesh: dict, prompt: str, bounds: dict, n: int = metrics.SURFACE_SAMPLES) -> dict:
+    """Exact (point to triangle, libigl) distances between the mesh's surface and the true
+    polyhedron's, each as a fraction of the bounds size: `to_truth` (mean over points on the
+    mesh), `to_mesh` (mean over points on the truth), `chamfer` (their mean) and `offset`
+    (the mean signed distance of the mesh's points, > 0 outside the truth).
+
+    The halves are kept apart because smoothing moves them apart: on a surface that lies
+    outside the truth, the truth's nearest points on the mesh are its inward bumps, so
+    flattening them raises `to_mesh` while `to_truth` falls (docs/QUALITY.md "Smoothing")."""
     import igl
 
-    triangles = world.to_world(world.shape_of(prompt).triangles.numpy().reshape(-1, 3), bounds)
+    shape = world.shape_of(prompt)
+    triangles = world.to_world(shape.triangles.numpy().reshape(-1, 3), bounds)
     truth_f = np.arange(len(triangles), dtype=np.int64).reshape(-1, 3)
     on_mesh, _ = metrics.sample_surface(mesh, n, seed=1)
     on_truth = world.truth_points(prompt, n, bounds, seed=2)
-    to_truth = igl.point_mesh_squared_distance(on_mesh, triangles, truth_f)[0]
-    to_mesh = igl.point_mesh_squared_distance(on_truth, mesh["vertices"].astype(np.float64),
-                                              mesh["faces"].astype(np.int64))[0]
-    return 0.5 * float(np.sqrt(to_truth).mean() + np.sqrt(to_mesh).mean()) / float(bounds["size"])
+    to_truth = np.sqrt(igl.point_mesh_squared_distance(on_mesh, triangles, truth_f)[0])
+    to_mesh = np.sqrt(igl.point_mesh_squared_distance(on_truth, mesh["vertices"].astype(np.float64),
+                                                      mesh["faces"].astype(np.int64))[0])
+    outside = shape.level(torch.from_numpy(world.to_unit(on_mesh, bounds))).numpy() > 0  # convex: exact side
+    size = float(bounds["size"])
+    return {"chamfer": 0.5 * float(to_truth.mean() + to_mesh.mean()) / size,
+            "to_truth": float(to_truth.mean()) / size, "to_mesh": float(to_mesh.mean()) / size,
+            "offset": float(np.where(outside, to_truth, -to_truth).mean()) / size}
 
 
 def remembered(density_fn):
@@ -138,7 +150,7 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
                          "faces": int(len(mesh["faces"])), "resolution": mesh_opts["resolution"],
                          "bumpiness": metrics.flat_bumpiness(mesh, prompt, bounds),
                          "deviation": metrics.flat_deviation(mesh, prompt, bounds),
-                         "chamfer": exact_chamfer(mesh, prompt, bounds),
+                         **surface_distances(mesh, prompt, bounds),
                          "chamfer_sampled": metrics.mesh_chamfer(mesh, prompt, bounds),
                          "colour_error": metrics.colour_error(mesh, prompt, bounds=bounds),
                          "mesh_seconds": time.monotonic() - started, "train_seconds": train_seconds})
@@ -162,7 +174,8 @@ def _without_mesh(job: dict) -> dict:
 
 def _row(r: dict) -> str:
     return (f"{r['prompt']:<18} {r['target_faces']:>6} {r['smooth']:>4} {r['faces']:>7}  {r['bumpiness']:6.2f}  "
-            f"{r['deviation']:6.2f}  {100 * r['chamfer']:6.3f}%  {100 * r['chamfer_sampled']:6.2f}%  "
+            f"{r['deviation']:6.2f}  {100 * r['chamfer']:6.3f}%  {100 * r['to_truth']:6.3f}%  "
+            f"{100 * r['to_mesh']:6.3f}%  {100 * r['offset']:+6.3f}%  {100 * r['chamfer_sampled']:6.2f}%  "
             f"{r['colour_error']:6.4f}  {r['mesh_seconds']:5.1f}")
 
 
@@ -173,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     report = sys.stderr if args.json else sys.stdout
     print(f"bench smoothing: preset {args.preset}, seed {args.seed}, threads {torch.get_num_threads()}", file=report)
     print(f"{'prompt':<18} {'budget':>6} {'smth':>4} {'faces':>7}  {'bump°':>6}  {'dev°':>6}  {'chamfer':>7}  "
-          f"{'sampled':>7}  {'colour':>6}  {'mesh s':>5}", file=report, flush=True)
+          f"{'→truth':>7}  {'→mesh':>7}  {'offset':>7}  {'sampled':>7}  {'colour':>6}  {'mesh s':>5}",
+          file=report, flush=True)
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-smoothing-") as tmp:
