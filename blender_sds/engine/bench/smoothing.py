@@ -9,7 +9,8 @@ faces), `metrics.flat_deviation` (their mean angle from the face's own mean norm
 Chamfer (exact surface-to-surface distance to the true polyhedron, % of the bounds; the
 yardstick's sampled Chamfer has a floor near 0.5% from its sample spacing, too coarse for
 this comparison) with its two halves and the surface's mean signed offset from the truth
-(`surface_distances`), and the yardstick's colour error.
+(`surface_distances`), and the yardstick's colour error. Per asset, where the field itself
+puts the surface against the truth (`field_surfaces`): the part of the offset no mesh stage removes.
 
     python -m blender_sds.engine.bench.smoothing [--prompt "a green cube" ...] [--seed 0]
         [--steps N] [--smooth 0 10 20 40] [--target-faces 0 30000] [--threads N] [--out DIR [--reuse]]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -96,6 +98,39 @@ def surface_distances(mesh: dict, prompt: str, bounds: dict, n: int = metrics.SU
             "offset": float(np.where(outside, to_truth, -to_truth).mean()) / size}
 
 
+def field_surfaces(density_fn, prompt: str, bounds: dict, level: float, rays: int = 400,
+                   samples: int = 751) -> dict:
+    """Where the field puts the surface, against the truth, along `rays` directions from the
+    centre (a Fibonacci sphere), each as the mean signed distance (> 0 outside) in fractions
+    of the bounds size: `level_offset` where the density last exceeds the mesh's `level`,
+    `rendered_offset` where the optical depth from outside reaches ln 2 (a render's surface).
+
+    It tells the training's offset from the mesh stage's: no smoothing or level choice
+    moves the surface further than the gap between the two."""
+    i = np.arange(rays) + 0.5
+    z = 1 - 2 * i / rays
+    turn = math.pi * (3 - math.sqrt(5)) * i
+    dirs = np.stack((np.sqrt(1 - z * z) * np.cos(turn), np.sqrt(1 - z * z) * np.sin(turn), z), axis=1)
+    shape = world.shape_of(prompt)
+    far = 2.0  # unit frame: outside the bounds, whose half-diagonal is sqrt(3)/2
+    hit, _ = shape.intersect(torch.from_numpy(far * dirs), torch.from_numpy(-dirs))
+    truth = far - hit.numpy()
+    t = np.linspace(0.0, np.sqrt(3) / 2, samples)
+    points = t[None, :, None] * dirs[:, None, :]  # (rays, samples, 3) unit frame
+    inside = (np.abs(points) <= 0.5).all(-1)
+    with torch.no_grad():
+        sigma = density_fn(torch.from_numpy(world.to_world(points.reshape(-1, 3), bounds)).float())
+    sigma = np.where(inside, sigma.double().numpy().reshape(rays, samples), 0.0)
+    depth = np.cumsum(sigma[:, ::-1] * (t[1] - t[0]), axis=1)[:, ::-1]  # density is per bounds size
+
+    def outermost(mask):
+        last = samples - 1 - np.argmax(mask[:, ::-1], axis=1)
+        return np.where(mask.any(1), t[last], np.nan)
+
+    return {"level_offset": float(np.nanmean(outermost(sigma > level) - truth)),
+            "rendered_offset": float(np.nanmean(outermost(depth > math.log(2)) - truth))}
+
+
 def remembered(density_fn):
     """The field's density, each chunk of the grid computed once: every variant meshes one grid."""
     memo = {}
@@ -138,7 +173,7 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
     mesh_opts = Settings.from_job(job).mesh  # what Run.extract_mesh meshes with
     density = remembered(field.density)
     bounds = job["bounds"]
-    rows = []
+    rows, surfaces = [], None
     for target in args.target_faces:
         for smooth in args.smooth:
             started = time.monotonic()
@@ -146,6 +181,7 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
                 mesh = extract_mesh(density, field.albedo, list(bounds["center"]), bounds["size"],
                                     resolution=mesh_opts["resolution"], threshold=mesh_opts["threshold"],
                                     min_component=mesh_opts["min_component"], smooth=smooth, target_faces=target)
+                surfaces = surfaces or field_surfaces(field.density, prompt, bounds, mesh["threshold"])
             rows.append({"prompt": prompt, "smooth": smooth, "target_faces": target,
                          "faces": int(len(mesh["faces"])), "resolution": mesh_opts["resolution"],
                          "bumpiness": metrics.flat_bumpiness(mesh, prompt, bounds),
@@ -153,7 +189,7 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
                          **surface_distances(mesh, prompt, bounds),
                          "chamfer_sampled": metrics.mesh_chamfer(mesh, prompt, bounds),
                          "colour_error": metrics.colour_error(mesh, prompt, bounds=bounds),
-                         "mesh_seconds": time.monotonic() - started, "train_seconds": train_seconds})
+                         "mesh_seconds": time.monotonic() - started, "train_seconds": train_seconds, **surfaces})
     return rows
 
 
@@ -196,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
                 asset = one_asset(prompt, args, root / f"{i:02d}_{prompt.replace(' ', '_')}")
                 for r in asset:
                     print(_row(r), file=report, flush=True)
-                trained = asset[0]["train_seconds"]
+                first = asset[0]
+                trained = first["train_seconds"]
                 print(f"  ({prompt}: " + ("an earlier result" if trained is None else f"trained in {trained:.0f} s")
-                      + ")", file=report, flush=True)
+                      + f"; along rays from the centre the field's surface lies {100 * first['level_offset']:+.2f}%"
+                      f" outside the truth at the mesh's level, {100 * first['rendered_offset']:+.2f}% where"
+                      " renders see it)", file=report, flush=True)
                 rows += asset
     except JobError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -4,7 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from blender_sds.engine.bench.smoothing import parse_args, surface_distances
+import torch
+
+from blender_sds.engine.bench.smoothing import field_surfaces, parse_args, surface_distances
 from blender_sds.engine.pocket import shapes, world
 
 BOUNDS = {"center": (0.1, -0.2, 0.3), "size": 2.0}
@@ -40,6 +42,23 @@ def test_a_grown_or_shrunk_cube_is_offset_by_its_growth(grow):
     assert d[outer] > abs(grow) + 1e-4  # the rim counts: the mean is not the faces' alone
     assert d["offset"] == pytest.approx(math.copysign(d["to_truth"], grow), abs=EXACT)
     assert d["chamfer"] == pytest.approx(0.5 * (d["to_truth"] + d["to_mesh"]), abs=EXACT)
+
+
+def test_the_fields_surface_is_found_at_the_level_and_where_renders_see_it():
+    """A ball's shell, density 100 sigmoid((R - r) / w) per bounds size with w = 0.01: it
+    crosses 10 at R + w ln 9, and its optical depth from outside, 100 w ln(1 + e^((R - r)/w)),
+    reaches ln 2 at exactly R. R is the true sphere's radius grown by 0.03."""
+    radius, width, grow = shapes.SHAPES["sphere"].radius + 0.03, 0.01, 0.03
+
+    def shell(points):
+        r = torch.from_numpy(world.to_unit(points.double().numpy(), BOUNDS)).norm(dim=-1)
+        return 100.0 * torch.sigmoid((radius - r) / width)
+
+    samples = 751
+    spacing = math.sqrt(3) / 2 / (samples - 1)  # where each ray is sampled; the crossings are read to this
+    got = field_surfaces(shell, "a red sphere", BOUNDS, level=10.0, samples=samples)
+    assert got["level_offset"] == pytest.approx(grow + width * math.log(9), abs=spacing)
+    assert got["rendered_offset"] == pytest.approx(grow, abs=2 * spacing)  # and the depth's sum, off by < 1 sample
 
 
 def test_a_shape_without_flat_faces_is_refused_by_name(capsys):
