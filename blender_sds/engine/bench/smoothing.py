@@ -13,8 +13,8 @@ this comparison) with its two halves and the surface's mean signed offset from t
 puts the surface against the truth (`field_surfaces`): the part of the offset no mesh stage removes.
 
     python -m blender_sds.engine.bench.smoothing [--prompt "a green cube" ...] [--seed 0]
-        [--steps N] [--smooth 0 10 20 40] [--target-faces 0 30000] [--threads N] [--out DIR [--reuse]]
-        [--json]
+        [--steps N] [--smooth 0 10 20 40] [--target-faces 0 30000] [--override JSON] [--threads N]
+        [--out DIR [--reuse]] [--json]
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...job import DEFAULT_SMOOTH, DEFAULT_TARGET_FACES, JobError, validate_job
+from ...job import DEFAULT_SMOOTH, DEFAULT_TARGET_FACES, JobError, merge_overrides, validate_job
 from ..pocket import metrics, world
 from ..pocket.shapes import Polyhedron
 
@@ -48,6 +48,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     p.add_argument("--smooth", type=int, nargs="+", default=sorted({0, 10, DEFAULT_SMOOTH, 40}))
     p.add_argument("--target-faces", type=int, nargs="+", default=[0, DEFAULT_TARGET_FACES])
+    p.add_argument("--override", default=None, metavar="JSON",
+                   help='job keys merged over every job, e.g. \'{"render": {"resolution": 64}}\'')
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="keep each result in OUT/<n>_<prompt> (default: a temporary folder)")
     p.add_argument("--reuse", action="store_true",
@@ -57,6 +59,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.reuse and not args.out:
         p.error("--reuse needs --out (the folder of the earlier results)")
     args.prompt = args.prompt or list(PROMPTS)
+    try:
+        args.override = json.loads(args.override) if args.override else {}
+    except ValueError as error:
+        p.error(f"--override: not JSON ({error})")
+    if not isinstance(args.override, dict):
+        p.error("--override: must be a JSON object of job keys")
     for prompt in args.prompt:
         try:
             if not isinstance(world.shape_of(prompt), Polyhedron):
@@ -162,7 +170,7 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
            "guidance": {"kind": "pocket"}, "output": OUTPUT}
     if args.steps is not None:
         raw["steps"] = args.steps
-    job = validate_job(raw)
+    job = validate_job(merge_overrides(raw, args.override))
     started = time.monotonic()
     if args.reuse and _same_job(out_dir, job):
         result, train_seconds = out_dir, None
@@ -220,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = sys.stderr if args.json else sys.stdout
-    print(f"bench smoothing: preset {args.preset}, seed {args.seed}, threads {torch.get_num_threads()}", file=report)
+    print(f"bench smoothing: preset {args.preset}, seed {args.seed}, threads {torch.get_num_threads()}"
+          + (f", override {json.dumps(args.override)}" if args.override else ""), file=report)
     print(f"{'prompt':<18} {'budget':>6} {'smth':>4} {'faces':>7}  {'bump°':>6}  {'dev°':>6}  {'chamfer':>7}  "
           f"{'→truth':>7}  {'→mesh':>7}  {'offset':>7}  {'sampled':>7}  {'colour':>6}  {'mesh s':>5}",
           file=report, flush=True)
@@ -243,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"benchmark": "smoothing", "preset": args.preset, "seed": args.seed, "rows": rows}))
+        print(json.dumps({"benchmark": "smoothing", "preset": args.preset, "seed": args.seed,
+                          "override": args.override, "rows": rows}))
     return 0
 
 

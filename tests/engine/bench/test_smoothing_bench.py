@@ -61,7 +61,12 @@ def test_the_fields_surface_is_found_at_the_level_and_where_renders_see_it():
     assert got["rendered_offset"] == pytest.approx(grow, abs=2 * spacing)  # and the depth's sum, off by < 1 sample
 
 
-def test_a_shape_without_flat_faces_is_refused_by_name(capsys):
+def test_bad_options_are_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--prompt", "a red sphere"])
     assert "--prompt: 'a red sphere' has no flat faces" in capsys.readouterr().err
+    for override, said in (("{render", "--override: not JSON"), ("[1]", "--override: must be a JSON object")):
+        with pytest.raises(SystemExit):
+            parse_args(["--override", override])
+        assert said in capsys.readouterr().err
+    assert parse_args(["--override", '{"render": {"resolution": 64}}']).override == {"render": {"resolution": 64}}
