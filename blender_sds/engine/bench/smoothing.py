@@ -88,7 +88,8 @@ def surface_distances(mesh: dict, prompt: str, bounds: dict, n: int = metrics.SU
 
     The halves are kept apart because smoothing moves them apart: on a surface that lies
     outside the truth, the truth's nearest points on the mesh are its inward bumps, so
-    flattening them raises `to_mesh` while `to_truth` falls (docs/QUALITY.md "Smoothing")."""
+    flattening them raises `to_mesh` even where the surface comes closer to the truth
+    (docs/QUALITY.md "Chamfer's two halves")."""
     import igl
 
     shape = world.shape_of(prompt)
@@ -113,8 +114,8 @@ def field_surfaces(density_fn, prompt: str, bounds: dict, level: float, rays: in
     of the bounds size: `level_offset` where the density last exceeds the mesh's `level`,
     `rendered_offset` where the optical depth from outside reaches ln 2 (a render's surface).
 
-    It tells the training's offset from the mesh stage's: no smoothing or level choice
-    moves the surface further than the gap between the two."""
+    It tells the training's share of a mesh's offset (the rendered one) from the mesh
+    stage's (the gap between the two, which the level decides)."""
     i = np.arange(rays) + 0.5
     z = 1 - 2 * i / rays
     turn = math.pi * (3 - math.sqrt(5)) * i
@@ -181,7 +182,7 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
     mesh_opts = Settings.from_job(job).mesh  # what Run.extract_mesh meshes with
     density = remembered(field.density)
     bounds = job["bounds"]
-    rows, surfaces = [], None
+    rows = []
     for target in args.target_faces:
         for smooth in args.smooth:
             started = time.monotonic()
@@ -189,7 +190,6 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
                 mesh = extract_mesh(density, field.albedo, list(bounds["center"]), bounds["size"],
                                     resolution=mesh_opts["resolution"], threshold=mesh_opts["threshold"],
                                     min_component=mesh_opts["min_component"], smooth=smooth, target_faces=target)
-                surfaces = surfaces or field_surfaces(field.density, prompt, bounds, mesh["threshold"])
             rows.append({"prompt": prompt, "smooth": smooth, "target_faces": target,
                          "faces": int(len(mesh["faces"])), "resolution": mesh_opts["resolution"],
                          "bumpiness": metrics.flat_bumpiness(mesh, prompt, bounds),
@@ -197,8 +197,9 @@ def one_asset(prompt: str, args: argparse.Namespace, out_dir: Path) -> list[dict
                          **surface_distances(mesh, prompt, bounds),
                          "chamfer_sampled": metrics.mesh_chamfer(mesh, prompt, bounds),
                          "colour_error": metrics.colour_error(mesh, prompt, bounds=bounds),
-                         "mesh_seconds": time.monotonic() - started, "train_seconds": train_seconds, **surfaces})
-    return rows
+                         "mesh_seconds": time.monotonic() - started, "train_seconds": train_seconds})
+    surfaces = field_surfaces(field.density, prompt, bounds, mesh["threshold"])  # one level for every row
+    return [{**row, **surfaces} for row in rows]
 
 
 def _same_job(out_dir: Path, job: dict) -> bool:
