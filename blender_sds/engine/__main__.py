@@ -118,6 +118,11 @@ BENCHMARKS = ("quality", "janus", "saturation", "blockout", "edits", "smoothing"
 
 
 def cmd_bench(args, rest: list[str]) -> int:
+    if args.name is None:  # "bench --help", or no name: the list; "bench NAME --help" is NAME's own
+        asked = bool({"-h", "--help"} & set(rest))
+        print(f"usage: python -m blender_sds.engine bench NAME [options]   ('bench NAME --help': NAME's options)\n"
+              f"benchmarks: {', '.join(BENCHMARKS)}", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else EXIT_BAD_INPUT
     if args.name not in BENCHMARKS:
         return bad_input(f"bench: unknown benchmark {args.name!r}; benchmarks: {', '.join(BENCHMARKS)}")
     module = importlib.import_module(f"blender_sds.engine.bench.{args.name}")
@@ -143,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     from .service.serve import add_arguments as serve_arguments
     serve_arguments(sub.add_parser("serve", help="speak the add-on protocol over TCP (a remote worker)",
                                    allow_abbrev=False))  # "--token SECRET" must not pass for --token-file
-    bench = sub.add_parser("bench", help=f"print figures: bench {'|'.join(BENCHMARKS)} [--json]")
-    bench.add_argument("name")
+    bench = sub.add_parser("bench", add_help=False,  # --help after NAME reaches the benchmark's own parser
+                           help=f"print figures: bench {'|'.join(BENCHMARKS)} [--json]")
+    bench.add_argument("name", nargs="?")
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         return cmd_bench(args, rest)

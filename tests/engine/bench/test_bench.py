@@ -110,6 +110,19 @@ def test_bench_rejects_bad_arguments_with_the_flag_named():
     assert proc.returncode == 2 and "--iterations" in proc.stderr
 
 
+def test_bench_help_lists_the_benchmarks_and_a_benchmarks_help_is_its_own():
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "blender_sds.engine", "bench", *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    listed = bench("--help")
+    assert listed.returncode == 0 and "smoothing" in listed.stdout and "janus" in listed.stdout
+    own = bench("smoothing", "--help")
+    assert own.returncode == 0 and "--target-faces" in own.stdout
+    missing = bench()
+    assert missing.returncode == 2 and "benchmarks:" in missing.stderr
+
+
 def reference_encoding(grid: HashGrid, x: torch.Tensor) -> torch.Tensor:
     """Instant-NGP's encoding written plainly, one level and one corner at a time."""
     x = x.clamp(0, 1)
