@@ -9,13 +9,18 @@ and render the object from two sides. Runs in a Blender-side Python (bpy wheel, 
 (mesh.npz, log.jsonl, worker.log, checkpoint.pt) are kept in out/sds-cache/.
 """
 import argparse
+import atexit
 import math
 import os
+import shutil
 import sys
 import tempfile
 
-# Keep the artist's real Blender folders untouched: the user resources go to a temp folder.
-os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="sds-demo-blender-"))
+# Keep the artist's real Blender folders untouched: the user resources go to a temp folder,
+# removed at exit (one the caller named is theirs, and stays).
+if "BLENDER_USER_RESOURCES" not in os.environ:
+    os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="sds-demo-blender-")
+    atexit.register(shutil.rmtree, os.environ["BLENDER_USER_RESOURCES"], ignore_errors=True)
 
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
@@ -96,9 +101,9 @@ def main() -> None:
     ob = generate(prefs, args.worker_python, cache, args.steps)
     cam, target = stage(scene, ob)
     bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(args.out_blend))
-    tmp = tempfile.mkdtemp(prefix="sds-demo-render-")
-    sides = [render_side(scene, cam, target, az, os.path.join(tmp, f"side{i}.png"))
-             for i, az in enumerate((-30.0, 150.0))]
+    with tempfile.TemporaryDirectory(prefix="sds-demo-render-") as tmp:
+        sides = [render_side(scene, cam, target, az, os.path.join(tmp, f"side{i}.png"))
+                 for i, az in enumerate((-30.0, 150.0))]
     both = np.concatenate(sides, axis=1)
     image = bpy.data.images.new("demo", both.shape[1], both.shape[0], alpha=True)
     image.pixels.foreach_set(both[::-1].ravel())
