@@ -88,7 +88,9 @@ def run_scenario(tmp_path, addon_zip, pycache):
             args["fingerprint"] = FINGERPRINTS.get(args["port"], "")
         payload = {"scenario": scenario, "zip": str(addon_zip), "tmp": str(work), "repo": str(REPO),
                    "worker_python": WORKER_PYTHON, "overrides": TINY_OVERRIDES, "pycache": str(pycache), **args}
-        env = dict(os.environ, BLENDER_USER_RESOURCES=str(user), PYTHONPYCACHEPREFIX=str(pycache))
+        temp = tmp_path / "tmp"  # Blender's session folder: not every bpy exit removes it
+        temp.mkdir(exist_ok=True)
+        env = dict(os.environ, BLENDER_USER_RESOURCES=str(user), PYTHONPYCACHEPREFIX=str(pycache), TMPDIR=str(temp))
         env.pop("PYTHONPATH", None)
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode goes to the shared prefix, never beside the sources
         proc = subprocess.run([python, str(DRIVER), json.dumps(payload)], capture_output=True, text=True,
