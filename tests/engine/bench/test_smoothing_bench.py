@@ -1,9 +1,9 @@
-"""bench smoothing's distances: Chamfer's two halves and the signed offset, on cubes whose distances are known."""
+"""bench smoothing's figures on shapes whose distances are known: Chamfer's two halves and the
+signed offset on moved cubes, the field's surfaces on a ball's shell; its options refused by name."""
 import math
 
 import numpy as np
 import pytest
-
 import torch
 
 from blender_sds.engine.bench.smoothing import field_surfaces, parse_args, surface_distances
